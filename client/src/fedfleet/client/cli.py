@@ -1,0 +1,63 @@
+"""``fedfleet join``: parse options and hand over to :mod:`fedfleet.client.node`."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from fedfleet.client.node import JoinOptions, join as run_join
+from fedfleet.client.training import NodeData
+from fedfleet.shared.constants import DEFAULT_DATASET, SUPERLINK_PORT, SUPERNODE_PORT
+from fedfleet.shared.options import ADDRESS, PARTITION
+
+
+@click.command("join")
+@click.option("--server", type=ADDRESS, default=f"127.0.0.1:{SUPERLINK_PORT}",
+              show_default=True, help="The fedfleet server's address.")
+@click.option("--data", "data_path", default=DEFAULT_DATASET, show_default=True,
+              help="This device's data: a folder of class subfolders, a .csv, an .npz, "
+                   "or builtin:NAME.")
+@click.option("--partition", type=PARTITION, default=None,
+              help="Train on partition I of N of the data (demo fleets sharing one "
+                   "dataset), e.g. 0/3.")
+@click.option("--label-column", default="label", show_default=True,
+              help="CSV column holding the labels.")
+@click.option("--class-names", default="",
+              help="Comma-separated label order, for folder or text labels.")
+@click.option("--insecure", is_flag=True,
+              help="Talk to the server over plain HTTP (local experiments only).")
+@click.option("--root-certificates", type=click.Path(exists=True, dir_okay=False,
+              path_type=Path), default=None,
+              help="CA certificate that signed the server's certificate.")
+@click.option("--runtime-port", type=click.IntRange(1, 65535), default=SUPERNODE_PORT,
+              show_default=True,
+              help="Local port of the SuperNode's Runtime API (one per node on a host).")
+@click.option("--connect-timeout", type=click.FloatRange(min=1), default=120.0,
+              show_default=True, help="Seconds to wait for the server to answer.")
+@click.option("--home", type=click.Path(file_okay=False, path_type=Path),
+              default=Path.home() / ".fedfleet" / "client", show_default=True,
+              help="Directory for the node's Flower state (FLWR_HOME).")
+def join(server: str, data_path: str, partition: tuple[int, int] | None,
+         label_column: str, class_names: str, insecure: bool,
+         root_certificates: Path | None, runtime_port: int, connect_timeout: float,
+         home: Path) -> None:
+    """Join this device to a fedfleet server and train on local data.
+
+    The data never leaves the device; only model weights and metrics do. The
+    command runs until stopped (Ctrl-C) or until the server removes the node.
+
+    \b
+    Example:
+        fedfleet join --server fl.example.org:8000 --data /data/images \\
+            --root-certificates ca.crt
+        fedfleet join --server 127.0.0.1:8000 --partition 0/3 --insecure
+    """
+    index, total = partition if partition is not None else (-1, 1)
+    node = NodeData(data_path=data_path, partition_id=index, num_partitions=total,
+                    label_column=label_column, class_names=class_names)
+    opts = JoinOptions(server=server, node=node, home=home, insecure=insecure,
+                       root_certificates=root_certificates, runtime_port=runtime_port,
+                       connect_timeout=connect_timeout)
+    sys.exit(run_join(opts))

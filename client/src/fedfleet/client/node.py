@@ -1,0 +1,80 @@
+"""Join a device to a server: check the data and the server, then run a SuperNode."""
+
+from __future__ import annotations
+
+import logging
+import signal
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+
+from fedfleet.client.training import NodeData
+from fedfleet.shared import process
+from fedfleet.shared.data import load_dataset
+from fedfleet.shared.errors import FedfleetError
+
+log = logging.getLogger("fedfleet")
+
+
+@dataclass(frozen=True)
+class JoinOptions:
+    """How to reach the server and run the local SuperNode."""
+
+    server: str
+    node: NodeData
+    home: Path
+    insecure: bool = False
+    root_certificates: Path | None = None
+    runtime_port: int = 9094
+    connect_timeout: float = 120.0
+
+
+def supernode_command(opts: JoinOptions) -> list[str]:
+    """Return the ``flower-supernode`` command line for ``opts``."""
+    cmd = [process.flower_executable("flower-supernode"),
+           "--superlink", opts.server,
+           "--node-config", opts.node.to_node_config(),
+           "--port", str(opts.runtime_port)]
+    if opts.insecure:
+        cmd.append("--insecure")
+    elif opts.root_certificates is not None:
+        cmd += ["--root-certificates", str(opts.root_certificates)]
+    return cmd
+
+
+def check_data(node: NodeData) -> str:
+    """Load the device's data once, so a bad path fails before joining; describe it."""
+    data = load_dataset(node.data_path, label_column=node.label_column,
+                        class_names=[n for n in node.class_names.split(",") if n] or None)
+    part = (f", partition {node.partition_id} of {node.num_partitions}"
+            if node.partition_id >= 0 else "")
+    return f"{data.source}: {len(data)} samples of shape {data.sample_shape}{part}"
+
+
+def join(opts: JoinOptions) -> int:
+    """Check data and server, then run the SuperNode until it exits; return its code.
+
+    Raises
+    ------
+    FedfleetError
+        If the data is unusable or the server does not answer within the timeout.
+    """
+    log.info("Data: %s", check_data(opts.node))
+    tls = not opts.insecure
+    log.info("Waiting for the server at %s (up to %.0fs)", opts.server,
+             opts.connect_timeout)
+    process.wait_healthy(opts.server, tls, opts.root_certificates, opts.connect_timeout)
+    env = process.flower_env(opts.home)
+    child = process.start(supernode_command(opts), env)
+    log.info("Joined %s; SuperNode running as pid %d", opts.server, child.pid)
+
+    def forward(signum: int, _frame: FrameType | None) -> None:
+        child.send_signal(signum)
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, forward)
+    code = child.wait()
+    process.stop(child)
+    if code not in (0, -signal.SIGTERM, -signal.SIGINT):
+        raise FedfleetError(f"the SuperNode exited with code {code}; see its log above")
+    return 0

@@ -1,0 +1,286 @@
+"""Server-side commands: ``server``, ``run``, ``runs`` and ``status``. Parsing only."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from fedfleet.server.control import Control
+from fedfleet.server.outputs import read_metrics
+from fedfleet.server.recorder import round_line
+from fedfleet.server.service import (
+    RunFollower,
+    ServerOptions,
+    start_superlink,
+    summary,
+)
+from fedfleet.server.strategies import STRATEGIES
+from fedfleet.shared import process
+from fedfleet.shared.constants import SUPERLINK_PORT
+from fedfleet.shared.data import load_dataset
+from fedfleet.shared.options import ADDRESS
+from fedfleet.shared.settings import RunSettings
+from fedfleet.shared.version import __version__
+
+D = RunSettings  # defaults live on the dataclass: one source for CLI, compose and apps
+
+RUN_OPTIONS: list[Callable[[Any], Any]] = [
+    click.option("--rounds", "num_rounds", type=click.IntRange(min=1),
+                 default=D.num_rounds, show_default=True, help="Training rounds."),
+    click.option("--local-epochs", type=click.IntRange(min=1), default=D.local_epochs,
+                 show_default=True, help="Epochs each client trains per round."),
+    click.option("--batch-size", type=click.IntRange(min=1), default=D.batch_size,
+                 show_default=True, help="Client batch size."),
+    click.option("--learning-rate", type=click.FloatRange(min=0, min_open=True),
+                 default=D.learning_rate, show_default=True,
+                 help="Client learning rate (Adam)."),
+    click.option("--fraction-train", type=click.FloatRange(0, 1, min_open=True),
+                 default=D.fraction_train, show_default=True,
+                 help="Share of connected clients that train each round."),
+    click.option("--fraction-evaluate", type=click.FloatRange(0, 1),
+                 default=D.fraction_evaluate, show_default=True,
+                 help="Share of clients that evaluate each round (0: none)."),
+    click.option("--min-clients", type=click.IntRange(min=1), default=D.min_clients,
+                 show_default=True, help="Clients needed before a round starts."),
+    click.option("--strategy", type=click.Choice(list(STRATEGIES),
+                 case_sensitive=False), default=D.strategy, show_default=True,
+                 help="Aggregation strategy."),
+    click.option("--strategy-param", "strategy_params", multiple=True,
+                 metavar="KEY=VALUE",
+                 help="Strategy parameter, repeatable (e.g. proximal_mu=0.1, beta=0.2, "
+                      "num_malicious_nodes=1, eta=0.01)."),
+    click.option("--model", default=D.model, show_default=True,
+                 help="Model: cnn, mlp, or package.module:function."),
+    click.option("--input-shape", default=None,
+                 help="Model input shape, e.g. 28,28,1 [default: from --eval-data]"),
+    click.option("--num-classes", type=click.IntRange(min=2), default=None,
+                 help="Number of classes [default: from --eval-data]"),
+    click.option("--partitioning", type=click.Choice(["iid", "dirichlet"]),
+                 default=D.partitioning, show_default=True,
+                 help="How demo clients split a shared dataset (--partition I/N)."),
+    click.option("--dirichlet-alpha", type=click.FloatRange(min=0, min_open=True),
+                 default=D.dirichlet_alpha, show_default=True,
+                 help="Dirichlet concentration; small = more skewed labels."),
+    click.option("--data-seed", type=int, default=D.data_seed, show_default=True,
+                 help="Seed for partitions and local hold-out splits."),
+    click.option("--eval-fraction", type=click.FloatRange(0, 1, max_open=True),
+                 default=D.eval_fraction, show_default=True,
+                 help="Share of each client's data held out for its evaluation."),
+    click.option("--eval-data", default=D.eval_data, show_default=True,
+                 help="Server-side test set for centralized evaluation ('' for none)."),
+    click.option("--round-timeout", type=click.FloatRange(min=1), default=D.round_timeout,
+                 show_default=True, help="Seconds a round waits for client replies."),
+    click.option("--client-wait-timeout", type=click.FloatRange(min=1),
+                 default=D.client_wait_timeout, show_default=True,
+                 help="Seconds to wait for --min-clients before giving up."),
+]
+
+
+def run_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Add the run-setting options to a command."""
+    for option in reversed(RUN_OPTIONS):
+        func = option(func)
+    return func
+
+
+def settings_from(options: dict[str, Any], output_dir: Path) -> RunSettings:
+    """Build run settings from parsed options; shape and classes from the test set."""
+    values = {k: options.pop(k) for k in list(options)
+              if k in RunSettings.__dataclass_fields__}
+    values["strategy_params"] = ",".join(values.get("strategy_params") or ())
+    values["fedfleet_version"] = __version__
+    values["output_dir"] = str(output_dir.resolve())
+    shape, classes = values.pop("input_shape"), values.pop("num_classes")
+    if (shape is None or classes is None) and values["eval_data"]:
+        test = load_dataset(values["eval_data"], split="test")
+        shape = shape or ",".join(str(d) for d in test.sample_shape)
+        classes = classes or int(test.y.max()) + 1
+    if shape is not None:
+        values["input_shape"] = shape
+    if classes is not None:
+        values["num_classes"] = classes
+    return RunSettings(**values)
+
+
+def tls_files(insecure: bool, ca: Path | None, cert: Path | None, key: Path | None
+              ) -> tuple[Path, Path, Path] | None:
+    """Check that exactly one of --insecure and the three TLS files was given."""
+    given = [p for p in (ca, cert, key) if p is not None]
+    if insecure and given:
+        raise click.UsageError("--insecure and --ssl-* files exclude each other")
+    if insecure:
+        return None
+    if len(given) != 3 or ca is None or cert is None or key is None:
+        raise click.UsageError(
+            "TLS needs --ssl-ca-certfile, --ssl-certfile and --ssl-keyfile; for a local "
+            "experiment without encryption pass --insecure")
+    return ca, cert, key
+
+
+FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
+DIR = click.Path(file_okay=False, path_type=Path)
+
+
+@click.command("server")
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Interface to listen on; 0.0.0.0 lets devices on the network in.")
+@click.option("--port", type=click.IntRange(1, 65535), default=SUPERLINK_PORT,
+              show_default=True, help="The SuperLink's one HTTP(S) port.")
+@click.option("--state-dir", type=DIR, default=Path("fedfleet-state"),
+              show_default=True, help="SuperLink database, logs and CLI settings.")
+@click.option("--output-dir", type=DIR, default=Path("outputs"), show_default=True,
+              help="Where each run writes run-<id>/ with metrics and models.")
+@click.option("--insecure", is_flag=True,
+              help="Serve plain HTTP without TLS (local experiments only).")
+@click.option("--ssl-ca-certfile", type=FILE, help="CA certificate (PEM).")
+@click.option("--ssl-certfile", type=FILE, help="Server certificate (PEM).")
+@click.option("--ssl-keyfile", type=FILE, help="Server private key (PEM).")
+@click.option("--no-run", is_flag=True, help="Only serve; submit runs with 'fedfleet run'.")
+@click.option("--exit-when-done", is_flag=True,
+              help="Stop the server once the run has finished.")
+@run_options
+def server(host: str, port: int, state_dir: Path, output_dir: Path, insecure: bool,
+           ssl_ca_certfile: Path | None, ssl_certfile: Path | None,
+           ssl_keyfile: Path | None, no_run: bool, exit_when_done: bool,
+           **run_settings: Any) -> None:
+    """Start the server: a SuperLink, and a training run followed round by round.
+
+    Clients join with 'fedfleet join'. Every round is written to
+    OUTPUT_DIR/run-<id>/ (metrics.json, metrics.csv, checkpoints/), and the final
+    model to final_model.keras. The server keeps serving after the run unless
+    --exit-when-done is given.
+
+    \b
+    Example:
+        fedfleet server --host 0.0.0.0 --insecure --rounds 10 --min-clients 3
+        fedfleet server --host 0.0.0.0 --ssl-ca-certfile ca.crt \\
+            --ssl-certfile server.pem --ssl-keyfile server.key --strategy fedprox \\
+            --strategy-param proximal_mu=0.1
+    """
+    ssl = tls_files(insecure, ssl_ca_certfile, ssl_certfile, ssl_keyfile)
+    settings = settings_from(run_settings, output_dir)
+    opts = ServerOptions(host=host, port=port, state_dir=state_dir, insecure=insecure,
+                         ssl_files=ssl)
+    superlink = start_superlink(opts)
+    try:
+        if not no_run:
+            _submit_and_follow(opts.control(), settings, state_dir, output_dir,
+                               alive=lambda: superlink.poll() is None)
+        if exit_when_done:
+            return
+        click.echo("Server ready; stop it with Ctrl-C.")
+        superlink.wait()
+        raise click.ClickException(f"the SuperLink exited with code "
+                                   f"{superlink.returncode}; see {state_dir}/superlink.log")
+    except KeyboardInterrupt:
+        click.echo("Stopping.")
+    finally:
+        process.stop(superlink)
+
+
+def _submit_and_follow(control: Control, settings: RunSettings, state_dir: Path,
+                       output_dir: Path, alive: Callable[[], bool] = lambda: True) -> None:
+    run_id = control.submit(settings, state_dir / "bundle")
+    click.echo(f"Run {run_id} started: {settings.num_rounds} rounds of "
+               f"{settings.strategy}, waiting for {settings.min_clients} clients")
+    record = RunFollower(control, run_id, output_dir, on_line=click.echo).follow(alive)
+    click.echo(summary(record, output_dir / f"run-{run_id}"))
+
+
+def connection_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Add the options that point the Control API client at a server."""
+    for option in reversed([
+        click.option("--server", type=ADDRESS, default=f"127.0.0.1:{SUPERLINK_PORT}",
+                     show_default=True, help="The SuperLink (from the server host)."),
+        click.option("--insecure", is_flag=True, help="The server runs without TLS."),
+        click.option("--root-certificates", type=FILE, default=None,
+                     help="CA certificate of the server's TLS certificate."),
+        click.option("--state-dir", type=DIR, default=Path("fedfleet-state"),
+                     show_default=True, help="Where the CLI keeps its settings."),
+    ]):
+        func = option(func)
+    return func
+
+
+def _control(server: str, insecure: bool, root_certificates: Path | None,
+             state_dir: Path) -> Control:
+    return Control(server, state_dir / "cli", insecure=insecure,
+                   root_certificates=root_certificates)
+
+
+@click.command("run")
+@connection_options
+@click.option("--output-dir", type=DIR, default=Path("outputs"), show_default=True,
+              help="Output directory on the server host.")
+@click.option("--follow/--no-follow", default=True, show_default=True,
+              help="Print rounds until the run ends.")
+@run_options
+def run(server: str, insecure: bool, root_certificates: Path | None, state_dir: Path,
+        output_dir: Path, follow: bool, **run_settings: Any) -> None:
+    """Submit a training run to a running server.
+
+    \b
+    Example:
+        fedfleet run --insecure --rounds 20 --strategy fedmedian
+    """
+    control = _control(server, insecure, root_certificates, state_dir)
+    settings = settings_from(run_settings, output_dir)
+    if follow:
+        _submit_and_follow(control, settings, state_dir, output_dir)
+    else:
+        click.echo(control.submit(settings, state_dir / "bundle"))
+
+
+@click.command("runs")
+@connection_options
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table",
+              show_default=True, help="Output format.")
+def runs(server: str, insecure: bool, root_certificates: Path | None, state_dir: Path,
+         fmt: str) -> None:
+    """List the server's runs and their status.
+
+    \b
+    Example:
+        fedfleet runs --insecure
+    """
+    rows = _control(server, insecure, root_certificates, state_dir).runs()
+    if fmt == "json":
+        click.echo(json.dumps(rows, indent=1))
+        return
+    click.echo(f"{'RUN ID':<22} {'STATUS':<20} {'ELAPSED':>10}  VERSION")
+    for row in rows:
+        click.echo(f"{row['run-id']:<22} {row['status']:<20} {row['elapsed']:>10}  "
+                   f"{row['fab-version']}")
+
+
+@click.command("status")
+@click.argument("run_id", type=int)
+@connection_options
+@click.option("--output-dir", type=DIR, default=Path("outputs"), show_default=True,
+              help="Output directory the run writes to.")
+def status(run_id: int, server: str, insecure: bool, root_certificates: Path | None,
+           state_dir: Path, output_dir: Path) -> None:
+    """Show one run's status and the rounds it has finished.
+
+    \b
+    Example:
+        fedfleet status 4830312951876347621 --insecure
+    """
+    row = _control(server, insecure, root_certificates, state_dir).run(run_id)
+    click.echo(f"run {run_id}: {row['status']}"
+               f"{' (' + row['status-details'] + ')' if row.get('status-details') else ''}"
+               f", elapsed {row['elapsed']}")
+    record = read_metrics(output_dir / f"run-{run_id}")
+    if record is None:
+        click.echo(f"no metrics in {output_dir}/run-{run_id}")
+        return
+    for line in (round_line(r, record["run"].get("num_rounds")) for r in record["rounds"]):
+        click.echo(line)
+    if record.get("error"):
+        click.echo(f"error: {record['error']}")
+
+

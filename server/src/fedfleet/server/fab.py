@@ -1,0 +1,75 @@
+"""The Flower App Bundle (FAB) that ``flwr run`` ships for a fedfleet run.
+
+The bundle is deliberately thin: a ``pyproject.toml`` with the run settings and two
+one-line entry modules that point at the installed ``fedfleet.server`` and
+``fedfleet.client`` packages. Code therefore comes from what each side installed,
+and the ``fedfleet-version`` setting lets clients refuse a server of another release.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from fedfleet.shared.settings import RunSettings, Scalar
+from fedfleet.shared.version import __version__
+
+ENTRY_MODULES = {
+    "server_app.py": (
+        '"""FAB entry point: the ServerApp installed with fedfleet-server."""\n\n'
+        "from fedfleet.server import server_app as _installed\n\n"
+        "app = _installed.app\n"
+    ),
+    "client_app.py": (
+        '"""FAB entry point: the ClientApp installed with fedfleet-client."""\n\n'
+        "from fedfleet.client import client_app as _installed\n\n"
+        "app = _installed.app\n"
+    ),
+}
+
+
+def toml_value(value: Scalar) -> str:
+    """Render a run-config scalar as TOML."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    return json.dumps(value)
+
+
+def pyproject(settings: RunSettings) -> str:
+    """Return the bundle's ``pyproject.toml`` with ``settings`` as its run config."""
+    config = "\n".join(f"{key} = {toml_value(value)}"
+                       for key, value in settings.to_run_config().items())
+    return f"""[build-system]
+requires = ["hatchling"]
+build-backend = "hatchling.build"
+
+[project]
+name = "fedfleet"
+version = "{__version__}"
+description = "fedfleet training run"
+license = "Apache-2.0"
+dependencies = []
+
+[tool.flwr.app]
+publisher = "fedfleet"
+
+[tool.flwr.app.components]
+serverapp = "fedfleet_app.server_app:app"
+clientapp = "fedfleet_app.client_app:app"
+
+[tool.flwr.app.config]
+{config}
+"""
+
+
+def write_bundle(directory: Path, settings: RunSettings) -> Path:
+    """Write the bundle's files into ``directory`` (replacing old ones); return it."""
+    package = directory / "fedfleet_app"
+    package.mkdir(parents=True, exist_ok=True)
+    (directory / "pyproject.toml").write_text(pyproject(settings), encoding="utf-8")
+    (package / "__init__.py").write_text('"""fedfleet run bundle."""\n', encoding="utf-8")
+    for name, text in ENTRY_MODULES.items():
+        (package / name).write_text(text, encoding="utf-8")
+    return directory

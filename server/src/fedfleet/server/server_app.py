@@ -1,0 +1,83 @@
+"""The Flower ServerApp: builds the model, runs the chosen strategy, records every round."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
+from flwr.serverapp import Grid, ServerApp
+
+from fedfleet.server.outputs import RunOutputs
+from fedfleet.server.recorder import RecordingMixin, RunRecorder
+from fedfleet.server.strategies import make_strategy
+from fedfleet.shared.data import fit_to_shape, load_dataset
+from fedfleet.shared.errors import FedfleetError
+from fedfleet.shared.models import build_model
+from fedfleet.shared.settings import RunSettings
+from fedfleet.shared.weights import specs_of
+
+log = logging.getLogger("fedfleet")
+
+app = ServerApp()
+
+
+def central_evaluator(settings: RunSettings, model: Any, recorder: RunRecorder) -> Any:
+    """Return Flower's ``evaluate_fn``: test-set metrics, then the round's bookkeeping."""
+    test = None
+    if settings.eval_data:
+        test = fit_to_shape(load_dataset(settings.eval_data, split="test"), settings.shape)
+
+    def evaluate(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
+        central = None
+        if test is not None:
+            model.set_weights(arrays.to_numpy_ndarrays())
+            loss, acc = model.evaluate(test.x, test.y, batch_size=256, verbose=0)
+            central = {"loss": float(loss), "accuracy": float(acc)}
+        recorder.end_round(server_round, arrays, central)
+        return MetricRecord(central) if central else None  # type: ignore[arg-type]
+
+    return evaluate
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    """Run ``num-rounds`` rounds of the configured strategy and save the final model."""
+    settings = RunSettings.from_run_config(context.run_config)
+    outputs = None
+    if settings.output_dir:
+        outputs = RunOutputs(Path(settings.output_dir) / f"run-{context.run_id}")
+    model = build_model(settings.model, settings.shape, settings.num_classes,
+                        settings.learning_rate)
+    weights = model.get_weights()
+    info = {"run_id": context.run_id, "started_at": time.time(),
+            "num_rounds": settings.num_rounds, "settings": settings.to_run_config(),
+            "num_params": int(sum(w.size for w in weights)),
+            "model_bytes": int(sum(w.nbytes for w in weights))}
+    recorder = RunRecorder(outputs, info, specs_of(weights), model)
+    try:
+        strategy = make_strategy(settings, base=RecordingMixin)
+        strategy.recorder = recorder  # type: ignore[attr-defined]
+        strategy.client_wait_timeout = settings.client_wait_timeout  # type: ignore[attr-defined]
+        result = strategy.start(
+            grid=grid,
+            initial_arrays=ArrayRecord(weights),
+            num_rounds=settings.num_rounds,
+            timeout=settings.round_timeout,
+            train_config=ConfigRecord(),
+            evaluate_fn=central_evaluator(settings, model, recorder),
+        )
+    except FedfleetError as err:
+        log.error("Run failed: %s", err)
+        recorder.finish("failed", str(err))
+        raise
+    except Exception as err:
+        recorder.finish("failed", f"{type(err).__name__}: {err}")
+        raise
+    if len(result.arrays) and outputs is not None:
+        model.set_weights(result.arrays.to_numpy_ndarrays())
+        outputs.save_model(model, outputs.final_model)
+    recorder.finish("completed")
+    log.info("Run %s completed", context.run_id)

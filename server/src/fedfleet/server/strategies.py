@@ -1,0 +1,102 @@
+"""Flower strategies by name, with their parameters checked against the constructor."""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+from flwr.serverapp.strategy import (
+    FedAdam,
+    FedAvg,
+    FedMedian,
+    FedProx,
+    FedTrimmedAvg,
+    Krum,
+    Strategy,
+)
+
+from fedfleet.shared.errors import ConfigError
+from fedfleet.shared.settings import RunSettings, parse_pairs
+
+STRATEGIES: dict[str, type[Strategy]] = {
+    "fedavg": FedAvg,
+    "fedprox": FedProx,
+    "fedadam": FedAdam,
+    "fedmedian": FedMedian,
+    "fedtrimmedavg": FedTrimmedAvg,
+    "krum": Krum,
+}
+
+MANAGED = {"fraction_train", "fraction_evaluate", "min_train_nodes",
+           "min_evaluate_nodes", "min_available_nodes", "weighted_by_key",
+           "arrayrecord_key", "configrecord_key", "train_metrics_aggr_fn",
+           "evaluate_metrics_aggr_fn"}
+"""Constructor parameters fedfleet sets itself from the run settings."""
+
+
+def tunable_params(cls: type[Strategy]) -> dict[str, Any]:
+    """Return the strategy's own parameters and their defaults (e.g. ``proximal_mu``)."""
+    params = inspect.signature(cls.__init__).parameters
+    return {name: p.default for name, p in params.items()
+            if name not in MANAGED and name != "self"
+            and p.kind is p.POSITIONAL_OR_KEYWORD}
+
+
+def strategy_class(name: str) -> type[Strategy]:
+    """Return the strategy class called ``name`` (case-insensitive).
+
+    Raises
+    ------
+    ConfigError
+        If there is no such strategy.
+    """
+    cls = STRATEGIES.get(name.lower())
+    if cls is None:
+        raise ConfigError(f"unknown strategy {name!r}: use one of "
+                          f"{', '.join(STRATEGIES)}")
+    return cls
+
+
+def strategy_kwargs(settings: RunSettings) -> dict[str, Any]:
+    """Return constructor arguments for the run's strategy, parameters checked.
+
+    Raises
+    ------
+    ConfigError
+        If a parameter is unknown to the strategy or has the wrong type.
+    """
+    cls = strategy_class(settings.strategy)
+    allowed = tunable_params(cls)
+    extra = parse_pairs(settings.strategy_params)
+    for key, value in extra.items():
+        if key not in allowed:
+            names = ", ".join(allowed) or "none"
+            raise ConfigError(f"strategy {settings.strategy} has no parameter {key!r} "
+                              f"(its parameters: {names})")
+        default = allowed[key]
+        if isinstance(default, bool) != isinstance(value, bool) or not isinstance(
+                value, (int, float)) and isinstance(default, (int, float)):
+            raise ConfigError(f"strategy parameter {key}={value!r} must be a "
+                              f"{type(default).__name__}")
+        if isinstance(default, int) and not isinstance(default, bool) \
+                and isinstance(value, float):
+            raise ConfigError(f"strategy parameter {key}={value!r} must be an integer")
+    return {
+        "fraction_train": settings.fraction_train,
+        "fraction_evaluate": settings.fraction_evaluate,
+        "min_train_nodes": settings.min_clients,
+        "min_evaluate_nodes": settings.min_clients if settings.fraction_evaluate else 0,
+        "min_available_nodes": settings.min_clients,
+        **extra,
+    }
+
+
+def make_strategy(settings: RunSettings, base: type[Any] | None = None) -> Strategy:
+    """Build the run's strategy; ``base`` is a mixin placed in front of it (recording)."""
+    cls = strategy_class(settings.strategy)
+    if base is not None:
+        cls = type(f"{base.__name__}{cls.__name__}", (base, cls), {})
+    try:
+        return cls(**strategy_kwargs(settings))
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"strategy {settings.strategy}: {err}") from err

@@ -1,0 +1,5 @@
+"""Allow ``python -m fedfleet.shared``."""
+
+from fedfleet.shared.cli import main
+
+main()

@@ -1,0 +1,107 @@
+"""Keras model builders, chosen by name or given as ``module:function``."""
+
+from __future__ import annotations
+
+import importlib
+import os
+from collections.abc import Callable, Sequence
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import keras  # noqa: E402  (after the log-level variable)
+from keras import layers  # noqa: E402
+
+from fedfleet.shared.errors import ConfigError  # noqa: E402
+
+ModelBuilder = Callable[[tuple[int, ...], int], keras.Model]
+"""A function ``(input_shape, num_classes) -> uncompiled keras.Model`` ending in softmax."""
+
+
+def cnn(input_shape: tuple[int, ...], num_classes: int) -> keras.Model:
+    """Small CNN for images shaped (H, W, C); ``same`` padding keeps 8x8 inputs valid."""
+    if len(input_shape) != 3:
+        raise ConfigError(
+            f"model 'cnn' needs image input (height,width,channels), got {input_shape}; "
+            "use model 'mlp' for flat feature vectors"
+        )
+    return keras.Sequential(
+        [
+            keras.Input(shape=input_shape),
+            layers.Conv2D(32, 3, activation="relu", padding="same"),
+            layers.MaxPooling2D(2, padding="same"),
+            layers.Conv2D(64, 3, activation="relu", padding="same"),
+            layers.MaxPooling2D(2, padding="same"),
+            layers.Flatten(),
+            layers.Dropout(0.3),
+            layers.Dense(num_classes, activation="softmax"),
+        ],
+        name="cnn",
+    )
+
+
+def mlp(input_shape: tuple[int, ...], num_classes: int) -> keras.Model:
+    """Multi-layer perceptron for tabular rows; any input shape is flattened first."""
+    return keras.Sequential(
+        [
+            keras.Input(shape=input_shape),
+            layers.Flatten(),
+            layers.Dense(128, activation="relu"),
+            layers.Dropout(0.2),
+            layers.Dense(64, activation="relu"),
+            layers.Dense(num_classes, activation="softmax"),
+        ],
+        name="mlp",
+    )
+
+
+BUILTIN_MODELS: dict[str, ModelBuilder] = {"cnn": cnn, "mlp": mlp}
+
+
+def resolve_builder(name: str) -> ModelBuilder:
+    """Return the builder named ``name``: a built-in name or ``package.module:function``.
+
+    Raises
+    ------
+    ConfigError
+        If the name is unknown or the module or function cannot be loaded.
+    """
+    if name in BUILTIN_MODELS:
+        return BUILTIN_MODELS[name]
+    module_name, sep, attr = name.partition(":")
+    if not sep or not module_name or not attr:
+        known = ", ".join(sorted(BUILTIN_MODELS))
+        raise ConfigError(
+            f"unknown model {name!r}: use one of {known} or 'package.module:function'"
+        )
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as err:
+        raise ConfigError(
+            f"cannot import model module {module_name!r} ({err}); install it on the "
+            "server and on every client, or put it on PYTHONPATH"
+        ) from err
+    builder = getattr(module, attr, None)
+    if not callable(builder):
+        raise ConfigError(f"{module_name!r} has no function {attr!r} to build a model")
+    return builder  # type: ignore[no-any-return]
+
+
+def build_model(
+    name: str,
+    input_shape: Sequence[int],
+    num_classes: int,
+    learning_rate: float = 0.005,
+) -> keras.Model:
+    """Build and compile the model ``name`` (Adam, sparse cross-entropy, accuracy)."""
+    if num_classes < 2:
+        raise ConfigError(f"num-classes must be at least 2, got {num_classes}")
+    model = resolve_builder(name)(tuple(int(d) for d in input_shape), int(num_classes))
+    if not isinstance(model, keras.Model):
+        raise ConfigError(f"model builder {name!r} returned {type(model).__name__}, "
+                          "not a keras.Model")
+    model.compile(
+        optimizer=keras.optimizers.Adam(learning_rate),
+        loss="sparse_categorical_crossentropy",
+        metrics=["accuracy"],
+    )
+    return model

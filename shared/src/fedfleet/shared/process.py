@@ -1,0 +1,132 @@
+"""Running Flower's daemons as child processes, and waiting for a SuperLink to answer."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import ssl
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from fedfleet.shared.errors import FedfleetError
+
+QUIET_FLOWER_ENV = {
+    "FLWR_TELEMETRY_ENABLED": "0",
+    "FLWR_DISABLE_UPDATE_CHECK": "1",
+    "TF_CPP_MIN_LOG_LEVEL": "3",
+    "PYTHONUNBUFFERED": "1",
+}
+
+
+def flower_env(flwr_home: Path, extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Return the environment for a Flower process with its own ``FLWR_HOME``."""
+    flwr_home.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, **QUIET_FLOWER_ENV, "FLWR_HOME": str(flwr_home)}
+    env.update(extra or {})
+    return env
+
+
+def flower_executable(name: str) -> str:
+    """Find a Flower console script next to this Python, or on PATH.
+
+    Raises
+    ------
+    FedfleetError
+        If it is not installed.
+    """
+    beside = Path(sys.executable).parent / name
+    if beside.exists():
+        return str(beside)
+    found = shutil.which(name)
+    if found is None:
+        raise FedfleetError(f"{name} not found: install flwr==1.42.0 in this environment")
+    return found
+
+
+def health_url(address: str, tls: bool) -> str:
+    """Return the SuperLink health URL for ``host:port``."""
+    return f"{'https' if tls else 'http'}://{address}/health"
+
+
+def probe(address: str, tls: bool, ca_file: Path | None, timeout: float = 3.0) -> str | None:
+    """Ask the SuperLink's ``/health`` once; return None when healthy, else the reason."""
+    context = None
+    if tls:
+        context = ssl.create_default_context(cafile=str(ca_file) if ca_file else None)
+    try:
+        with urllib.request.urlopen(health_url(address, tls), timeout=timeout,
+                                    context=context) as response:
+            return None if response.status == 200 else f"HTTP {response.status}"
+    except urllib.error.HTTPError as err:
+        return f"HTTP {err.code}"
+    except (urllib.error.URLError, OSError) as err:
+        reason = getattr(err, "reason", err)
+        return str(reason)
+
+
+def wait_healthy(
+    address: str, tls: bool, ca_file: Path | None, timeout: float,
+    process: subprocess.Popen[bytes] | None = None,
+) -> None:
+    """Wait until the SuperLink at ``address`` is healthy.
+
+    Raises
+    ------
+    FedfleetError
+        After ``timeout`` seconds, or when ``process`` (a local SuperLink) exits.
+    """
+    deadline = time.monotonic() + timeout
+    reason: str | None = "not tried"
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise FedfleetError(
+                f"the SuperLink exited with code {process.returncode} before it was "
+                "ready; see its log"
+            )
+        reason = probe(address, tls, ca_file)
+        if reason is None:
+            return
+        time.sleep(0.5)
+    raise FedfleetError(
+        f"no fedfleet server answers at {address} after {timeout:.0f}s ({reason}); "
+        "check the address, that the server runs, and that port is reachable"
+    )
+
+
+def start(cmd: Sequence[str], env: Mapping[str, str], log_file: Path | None = None
+          ) -> subprocess.Popen[bytes]:
+    """Start ``cmd`` in its own process group, its output to ``log_file`` or ours."""
+    out = log_file.open("ab") if log_file is not None else None
+    try:
+        return subprocess.Popen(list(cmd), env=dict(env), stdout=out,
+                                stderr=subprocess.STDOUT if out else None,
+                                start_new_session=True)
+    finally:
+        if out is not None:
+            out.close()
+
+
+def stop(process: subprocess.Popen[bytes], grace: float = 10.0) -> None:
+    """Stop a process started by :func:`start` and everything it spawned."""
+    if process.poll() is not None:
+        return
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
+        try:
+            os.killpg(process.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            process.wait(timeout=wait)
+            break
+        except subprocess.TimeoutExpired:
+            continue
+    try:  # children that outlived the leader (SuperExec, app processes)
+        os.killpg(process.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass

@@ -1,0 +1,149 @@
+"""Run settings: one typed object, sent to every node as Flower's run config."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from fedfleet.shared.constants import DEFAULT_DATASET
+from fedfleet.shared.data.partition import PARTITIONINGS
+from fedfleet.shared.errors import ConfigError
+
+Scalar = bool | int | float | str
+
+
+def parse_shape(text: str) -> tuple[int, ...]:
+    """Parse an input shape such as ``"8,8,1"`` or ``"64"``.
+
+    Raises
+    ------
+    ConfigError
+        If a dimension is not a positive integer.
+    """
+    try:
+        dims = tuple(int(p) for p in str(text).replace("x", ",").split(",") if p.strip())
+    except ValueError:
+        dims = ()
+    if not dims or any(d <= 0 for d in dims):
+        raise ConfigError(f"invalid input-shape {text!r}: use e.g. '28,28,1' or '20'")
+    return dims
+
+
+def parse_pairs(text: str) -> dict[str, Scalar]:
+    """Parse ``"a=1,b=0.5,c=name"`` into typed values (int, float, bool or str).
+
+    Raises
+    ------
+    ConfigError
+        If an item is not ``key=value``.
+    """
+    pairs: dict[str, Scalar] = {}
+    for item in filter(None, (p.strip() for p in text.split(","))):
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"{item!r} is not key=value (example: proximal_mu=0.1)")
+        pairs[key.strip().replace("-", "_")] = _scalar(raw.strip())
+    return pairs
+
+
+def _scalar(raw: str) -> Scalar:
+    if raw.lower() in ("true", "false"):
+        return raw.lower() == "true"
+    for kind in (int, float):
+        try:
+            return kind(raw)
+        except ValueError:
+            pass
+    return raw
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """Everything a training run needs that server and clients must agree on.
+
+    Field names map to run-config keys with ``-`` for ``_``
+    (``local_epochs`` is ``local-epochs``).
+    """
+
+    num_rounds: int = 10
+    local_epochs: int = 2
+    batch_size: int = 32
+    learning_rate: float = 0.005
+    fraction_train: float = 1.0
+    fraction_evaluate: float = 1.0
+    min_clients: int = 2
+    strategy: str = "fedavg"
+    strategy_params: str = ""
+    model: str = "cnn"
+    input_shape: str = "8,8,1"
+    num_classes: int = 10
+    partitioning: str = "dirichlet"
+    dirichlet_alpha: float = 0.5
+    data_seed: int = 42
+    eval_fraction: float = 0.2
+    eval_data: str = DEFAULT_DATASET
+    output_dir: str = ""
+    round_timeout: float = 600.0
+    client_wait_timeout: float = 300.0
+    fedfleet_version: str = field(default="")
+
+    def __post_init__(self) -> None:
+        """Reject values that cannot work, naming the setting."""
+        checks = [
+            (self.num_rounds >= 1, "num-rounds must be >= 1"),
+            (self.local_epochs >= 1, "local-epochs must be >= 1"),
+            (self.batch_size >= 1, "batch-size must be >= 1"),
+            (self.learning_rate > 0, "learning-rate must be > 0"),
+            (0 < self.fraction_train <= 1, "fraction-train must be in (0, 1]"),
+            (0 <= self.fraction_evaluate <= 1, "fraction-evaluate must be in [0, 1]"),
+            (self.min_clients >= 1, "min-clients must be >= 1"),
+            (self.num_classes >= 2, "num-classes must be >= 2"),
+            (self.partitioning in PARTITIONINGS,
+             f"partitioning must be one of {', '.join(PARTITIONINGS)}"),
+            (self.dirichlet_alpha > 0, "dirichlet-alpha must be > 0"),
+            (0 <= self.eval_fraction < 1, "eval-fraction must be in [0, 1)"),
+            (self.round_timeout > 0, "round-timeout must be > 0"),
+            (self.client_wait_timeout > 0, "client-wait-timeout must be > 0"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ConfigError(message)
+        parse_shape(self.input_shape)
+        parse_pairs(self.strategy_params)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """Return the model's input shape as a tuple."""
+        return parse_shape(self.input_shape)
+
+    def to_run_config(self) -> dict[str, Scalar]:
+        """Return the settings as Flower run-config entries (kebab-case keys)."""
+        return {f.name.replace("_", "-"): getattr(self, f.name)
+                for f in dataclasses.fields(self)}
+
+    @classmethod
+    def from_run_config(cls, config: Mapping[str, Any]) -> RunSettings:
+        """Build settings from a run config, ignoring keys fedfleet does not know.
+
+        Raises
+        ------
+        ConfigError
+            If a value has the wrong type or is out of range.
+        """
+        values: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            key = f.name.replace("_", "-")
+            if key not in config:
+                continue
+            kind = type(f.default)
+            try:
+                values[f.name] = kind(config[key])
+            except (TypeError, ValueError) as err:
+                raise ConfigError(f"run setting {key}={config[key]!r}: {err}") from err
+        return cls(**values)
+
+    def replace(self, **changes: Any) -> RunSettings:
+        """Return a copy with ``changes`` applied (and validated)."""
+        return dataclasses.replace(self, **changes)
