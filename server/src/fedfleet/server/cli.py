@@ -18,10 +18,11 @@ from fedfleet.server.service import (
     start_superlink,
     summary,
 )
-from fedfleet.server.strategies import STRATEGIES
+from fedfleet.server.strategies import STRATEGIES, strategy_kwargs
 from fedfleet.shared import process
 from fedfleet.shared.constants import SUPERLINK_PORT
 from fedfleet.shared.data import load_dataset
+from fedfleet.shared.models import resolve_builder
 from fedfleet.shared.options import ADDRESS
 from fedfleet.shared.settings import RunSettings
 from fedfleet.shared.version import __version__
@@ -103,7 +104,10 @@ def settings_from(options: dict[str, Any], output_dir: Path) -> RunSettings:
         values["input_shape"] = shape
     if classes is not None:
         values["num_classes"] = classes
-    return RunSettings(**values)
+    settings = RunSettings(**values)
+    strategy_kwargs(settings)  # unknown strategy parameters fail here, not mid-run
+    resolve_builder(settings.model)
+    return settings
 
 
 def tls_files(insecure: bool, ca: Path | None, cert: Path | None, key: Path | None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,11 +23,9 @@ def parse_shape(text: str) -> tuple[int, ...]:
     ConfigError
         If a dimension is not a positive integer.
     """
-    try:
-        dims = tuple(int(p) for p in str(text).replace("x", ",").split(",") if p.strip())
-    except ValueError:
-        dims = ()
-    if not dims or any(d <= 0 for d in dims):
+    parts = [p.strip() for p in re.split(r"[,x]", str(text).strip())]
+    dims = tuple(int(p) for p in parts if p.isdigit())
+    if len(dims) != len(parts) or any(d <= 0 for d in dims):
         raise ConfigError(f"invalid input-shape {text!r}: use e.g. '28,28,1' or '20'")
     return dims
 

@@ -1,0 +1,95 @@
+"""LocalTrainer on real data, and the ClientApp's version and weight checks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fedfleet.client.client_app import _prepare
+from fedfleet.client.training import LocalTrainer, NodeData
+from fedfleet.shared.errors import DataError, ModelMismatchError, VersionMismatchError
+from fedfleet.shared.models import build_model
+from fedfleet.shared.settings import RunSettings
+from fedfleet.shared.version import __version__
+
+SETTINGS = RunSettings(local_epochs=3, fedfleet_version=__version__)
+
+
+def _initial_weights(settings: RunSettings = SETTINGS) -> list[np.ndarray]:
+    return build_model(settings.model, settings.shape, settings.num_classes,
+                       settings.learning_rate).get_weights()
+
+
+def test_node_config_round_trip_quotes_strings() -> None:
+    """Paths become quoted TOML strings, which flower-supernode requires."""
+    node = NodeData(data_path="/data/my set", partition_id=1, num_partitions=3)
+    text = node.to_node_config()
+    assert text == 'data-path="/data/my set" partition-id=1 num-partitions=3'
+    import tomllib
+
+    parsed = tomllib.loads(text.replace(" partition", "\npartition")
+                           .replace(" num", "\nnum"))
+    assert NodeData.from_node_config(parsed) == node
+
+
+def test_training_learns_and_evaluation_uses_the_holdout() -> None:
+    """A few local epochs on one partition beat chance on its hold-out."""
+    trainer = LocalTrainer(NodeData(partition_id=0, num_partitions=3))
+    start = _initial_weights()
+    before = trainer.evaluate(start, SETTINGS)
+    weights, metrics = trainer.train(start, SETTINGS)
+    after = trainer.evaluate(weights, SETTINGS)
+    assert metrics["num-examples"] > 200 and metrics["train_time_s"] > 0
+    assert after["eval_accuracy"] > max(0.5, before["eval_accuracy"])
+    assert after["num-examples"] + metrics["num-examples"] == pytest.approx(
+        len(trainer.data(SETTINGS)[1]) + len(trainer.data(SETTINGS)[3]))
+
+
+def test_fedprox_term_keeps_weights_closer_to_the_global_model() -> None:
+    """With a large mu, local weights move less from the global ones."""
+    trainer = LocalTrainer(NodeData(partition_id=1, num_partitions=3))
+    start = _initial_weights()
+
+    def drift(mu: float) -> float:
+        weights, metrics = trainer.train(start, SETTINGS, proximal_mu=mu)
+        assert 0 <= metrics["train_accuracy"] <= 1
+        return float(sum(np.sum((w - s) ** 2) for w, s in zip(weights, start,
+                                                                strict=True)))
+
+    assert drift(5.0) < drift(0.0)
+
+
+def test_weights_for_another_model_are_refused() -> None:
+    """Weights of the wrong shapes fail with a mismatch error."""
+    trainer = LocalTrainer(NodeData())
+    other = _initial_weights(SETTINGS.replace(num_classes=5))
+    with pytest.raises(ModelMismatchError, match="the server"):
+        trainer.train(other, SETTINGS)
+
+
+def test_data_that_does_not_fit_the_model(tmp_path: Path) -> None:
+    """Labels beyond num-classes and flat data for an image model are refused."""
+    path = tmp_path / "d.npz"
+    np.savez(path, x=np.zeros((10, 8, 8), dtype=np.uint8), y=np.arange(10) + 5)
+    with pytest.raises(DataError, match="label 14 but the model has 10 classes"):
+        NodeData(data_path=str(path)).load(SETTINGS)
+    np.savez(path, x=np.zeros((10, 5), dtype=np.float32), y=np.zeros(10, dtype=int))
+    with pytest.raises(DataError, match="expects \\(8, 8, 1\\)"):
+        NodeData(data_path=str(path)).load(SETTINGS)
+
+
+class _Ctx:
+    def __init__(self, run_config: dict[str, object]) -> None:
+        self.run_config = run_config
+        self.node_config = {"data-path": "builtin:digits"}
+
+
+def test_client_refuses_a_server_of_another_release() -> None:
+    """A version mismatch names both versions and the fix."""
+    config = SETTINGS.replace(fedfleet_version="9.9.0").to_run_config()
+    with pytest.raises(VersionMismatchError, match="server runs fedfleet 9.9.0"):
+        _prepare(None, _Ctx(config))  # type: ignore[arg-type]
+    trainer, settings = _prepare(None, _Ctx(SETTINGS.to_run_config()))  # type: ignore[arg-type]
+    assert settings == SETTINGS and trainer.node.data_path == "builtin:digits"

@@ -1,0 +1,159 @@
+"""RecordingMixin and RunRecorder driven with a fake grid and real Flower messages."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from flwr.app import ArrayRecord, ConfigRecord, Error, Message, MetricRecord, RecordDict
+from flwr.serverapp import Grid
+from flwr.supercore.task_identity import TaskIdentity
+
+from fedfleet.server.outputs import RunOutputs, read_metrics
+from fedfleet.server.recorder import (
+    RecordingMixin,
+    RunRecorder,
+    describe_error,
+    wait_for_clients,
+)
+from fedfleet.server.strategies import make_strategy
+from fedfleet.shared.errors import FedfleetError
+from fedfleet.shared.models import build_model
+from fedfleet.shared.settings import RunSettings
+from fedfleet.shared.weights import specs_of
+
+
+class FakeGrid(Grid):
+    """A grid with fixed node IDs; only what strategies call while configuring."""
+
+    def __init__(self, nodes: list[int]) -> None:
+        self.nodes = nodes
+
+    def get_node_ids(self) -> Iterable[int]:
+        return list(self.nodes)
+
+    def __getattribute__(self, name: str):  # type: ignore[no-untyped-def]
+        return object.__getattribute__(self, name)
+
+
+for _name in list(Grid.__abstractmethods__):
+    if _name != "get_node_ids":
+        setattr(FakeGrid, _name, lambda *a, **k: None)
+FakeGrid.__abstractmethods__ = frozenset()
+
+
+@pytest.fixture(autouse=True)
+def _task_identity() -> Iterator[None]:
+    """Flower refuses to build messages outside a run unless these are set."""
+    TaskIdentity.run_id = 1
+    TaskIdentity.node_id = 0
+    TaskIdentity.task_id = 1
+    yield
+    TaskIdentity.node_id = 0
+
+
+def _reply(to: Message, node: int, arrays: list[np.ndarray] | None,
+           metrics: dict[str, float]) -> Message:
+    TaskIdentity.node_id = node
+    content = RecordDict({"metrics": MetricRecord(metrics)})
+    if arrays is not None:
+        content["arrays"] = ArrayRecord(arrays)
+    return Message(content=content, reply_to=to)
+
+
+def _error(to: Message, node: int, reason: str) -> Message:
+    TaskIdentity.node_id = node
+    return Message(Error(code=3, reason=reason), reply_to=to)
+
+
+def _setup(tmp_path: Path, strategy: str = "fedavg"):  # type: ignore[no-untyped-def]
+    settings = RunSettings(strategy=strategy, min_clients=2, model="mlp",
+                           input_shape="4", num_classes=2)
+    model = build_model("mlp", (4,), 2)
+    weights = model.get_weights()
+    recorder = RunRecorder(RunOutputs(tmp_path), {"run_id": 1, "num_rounds": 1},
+                           specs_of(weights), model)
+    strategy_obj = make_strategy(settings, base=RecordingMixin)
+    strategy_obj.recorder = recorder  # type: ignore[attr-defined]
+    strategy_obj.client_wait_timeout = 5  # type: ignore[attr-defined]
+    return strategy_obj, recorder, weights
+
+
+def test_round_with_a_bad_reply_aggregates_the_good_ones(tmp_path: Path) -> None:
+    """Wrong shapes and client errors are recorded and left out; the rest averages."""
+    strategy, recorder, weights = _setup(tmp_path)
+    grid = FakeGrid([11, 12, 13, 14])
+    msgs = sorted(strategy.configure_train(1, ArrayRecord(weights), ConfigRecord(), grid),
+                  key=lambda m: m.metadata.dst_node_id)
+    assert [m.metadata.dst_node_id for m in msgs] == [11, 12, 13, 14]
+    ones = [np.ones_like(w) for w in weights]
+    threes = [np.full_like(w, 3.0) for w in weights]
+    wrong = [np.ones((5, 5), dtype=np.float32)] + weights[1:]
+    replies = [
+        _reply(msgs[0], 11, ones, {"num-examples": 10, "train_loss": 1.0,
+                                   "train_time_s": 0.5}),
+        _reply(msgs[1], 12, threes, {"num-examples": 10, "train_loss": 3.0,
+                                     "train_time_s": 0.7}),
+        _reply(msgs[2], 13, wrong, {"num-examples": 10, "train_loss": 0.0}),
+        _error(msgs[3], 14, "<class 'fedfleet.shared.errors.VersionMismatchError'>:"
+                            "<'server runs fedfleet 0.2.0, this client 0.1.0'>"),
+    ]
+    arrays, metrics = strategy.aggregate_train(1, replies)
+    assert arrays is not None and metrics is not None
+    for got in arrays.to_numpy_ndarrays():
+        np.testing.assert_almost_equal(got, np.full_like(got, 2.0))
+    assert metrics["train_loss"] == pytest.approx(2.0)
+    row = recorder.current
+    assert row["train_replies"] == 2 and row["train_failures"] == 2
+    errors = {e["node_id"]: e["error"] for e in row["errors"]}
+    assert "tensor 0" in errors["13"]
+    assert errors["14"].startswith("VersionMismatchError: server runs fedfleet 0.2.0")
+    recorder.end_round(1, arrays, {"loss": 0.5, "accuracy": 0.9})
+    saved = read_metrics(tmp_path)
+    assert saved is not None
+    assert saved["rounds"][0]["central_accuracy"] == 0.9
+    assert saved["rounds"][0]["max_client_train_s"] == 0.7
+    assert (tmp_path / "checkpoints" / "round-001.keras").exists()
+    csv_lines = (tmp_path / "metrics.csv").read_text().splitlines()
+    assert csv_lines[0].startswith("round,wall_s") and csv_lines[1].startswith("1,")
+
+
+def test_a_round_where_nobody_could_train_stops_the_run(tmp_path: Path) -> None:
+    """If every reply failed, the run ends with the clients' reasons."""
+    strategy, recorder, weights = _setup(tmp_path)
+    grid = FakeGrid([21, 22])
+    msgs = list(strategy.configure_train(1, ArrayRecord(weights), ConfigRecord(), grid))
+    replies = [_error(m, m.metadata.dst_node_id,
+                      "<class 'fedfleet.shared.errors.DataError'>:<'/data: empty'>")
+               for m in msgs]
+    assert strategy.aggregate_train(1, replies) == (None, None)
+    assert list(strategy.configure_evaluate(1, ArrayRecord(weights), ConfigRecord(),
+                                            grid)) == []
+    with pytest.raises(FedfleetError, match="no client could train in round 1: node 2"):
+        recorder.end_round(1, ArrayRecord(weights), None)
+
+
+def test_waiting_for_clients_is_bounded() -> None:
+    """Too few clients is an error after the timeout, not an endless wait."""
+    assert wait_for_clients(FakeGrid([1, 2, 3]), 3, timeout=1) == 3
+    with pytest.raises(FedfleetError, match="only 1 of the 3 clients"):
+        wait_for_clients(FakeGrid([1]), 3, timeout=0.5)
+
+
+def test_describe_error() -> None:
+    """Flower's error text is shortened to 'Type: message'."""
+    assert describe_error("<class 'a.b.DataError'>:<'bad\nthing'>") == \
+        "DataError: bad\nthing"
+    assert describe_error("plain") == "plain"
+    assert describe_error(None) == "unknown error"
+
+
+def test_recorder_writes_status(tmp_path: Path) -> None:
+    """finish() records status and error for the CLI to read."""
+    _, recorder, _ = _setup(tmp_path)
+    recorder.finish("failed", "boom")
+    record = json.loads((tmp_path / "metrics.json").read_text())
+    assert record["status"] == "failed" and record["error"] == "boom"

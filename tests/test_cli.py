@@ -1,0 +1,90 @@
+"""The fedfleet command group: help everywhere, one-line errors, README coverage."""
+
+from __future__ import annotations
+
+import json
+import re
+import socket
+from pathlib import Path
+
+import click
+import pytest
+from click.testing import CliRunner
+
+from fedfleet.shared.cli import cli
+
+ROOT = Path(__file__).parents[1]
+COMMANDS = ["data", "join", "run", "runs", "server", "status"]
+
+
+def test_all_commands_are_plugged_in() -> None:
+    """Server and client packages register their commands with the group."""
+    ctx = click.Context(cli)
+    assert cli.list_commands(ctx) == COMMANDS  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("name", COMMANDS)
+def test_every_command_has_help_with_an_example(name: str) -> None:
+    """--help works and shows an example invocation."""
+    result = CliRunner().invoke(cli, [name, "--help"])
+    assert result.exit_code == 0, result.output
+    assert "Example:" in result.output and f"fedfleet {name}" in result.output
+
+
+@pytest.mark.parametrize("name", COMMANDS)
+def test_readme_documents_every_command(name: str) -> None:
+    """Each command appears in the README."""
+    assert re.search(rf"fedfleet {name}\b", (ROOT / "README.md").read_text())
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["join", "--partition", "3/3", "--insecure"], "0 <= I < N"),
+        (["join", "--server", "http://x:8000"], "without a scheme"),
+        (["join", "--data", "/no/such/dir", "--insecure"], "does not exist"),
+        (["server"], "pass --insecure"),
+        (["server", "--insecure", "--strategy-param", "foo=1"],
+         "fedavg has no parameter 'foo'"),
+        (["server", "--insecure", "--model", "nomodule_q:build"],
+         "cannot import model module"),
+        (["server", "--insecure", "--eval-data", "builtin:nope"], "unknown built-in"),
+        (["data", "/no/such.csv"], "does not exist"),
+    ],
+)
+def test_bad_input_is_one_line_and_nonzero(args: list[str], message: str) -> None:
+    """Wrong flags and bad values end in a message, never a traceback."""
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code != 0
+    assert message in result.output
+    assert "Traceback" not in result.output and result.exception is None or \
+        isinstance(result.exception, SystemExit)
+
+
+def test_join_gives_up_on_an_unreachable_server() -> None:
+    """No server at the address: a bounded wait, then one line."""
+    port = _free_port()
+    result = CliRunner().invoke(cli, ["join", "--insecure", "--server",
+                                      f"127.0.0.1:{port}", "--connect-timeout", "1"])
+    assert result.exit_code == 1
+    assert f"no fedfleet server answers at 127.0.0.1:{port} after 1s" in result.output
+
+
+def test_options_come_from_environment_variables() -> None:
+    """FEDFLEET_<COMMAND>_<OPTION> sets an option (how compose configures us)."""
+    result = CliRunner().invoke(cli, ["join"], env={"FEDFLEET_JOIN_PARTITION": "5/2"})
+    assert result.exit_code == 2 and "'5/2' is not I/N" in result.output
+
+
+def test_data_command_reports_json() -> None:
+    """'fedfleet data' summarises a dataset for scripts."""
+    result = CliRunner().invoke(cli, ["data", "builtin:digits", "--format", "json"])
+    summary = json.loads(result.output)
+    assert summary["samples"] == 1437 and summary["sample_shape"] == [8, 8, 1]
+    assert len(summary["classes"]) == 10
