@@ -5,6 +5,7 @@ re-download TensorFlow. Usage: python requirements.py shared/pyproject.toml ...
 """
 
 import sys
+
 import tomllib
 
 

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import tomllib
 from pathlib import Path
 
+import tomllib
 from flwr.common.config import validate_config
 
 from fedfleet.server.fab import write_bundle

@@ -41,9 +41,10 @@ def train(msg: Message, context: Context) -> Message:
     """Train the received global model on this device's data."""
     trainer, settings = _prepare(msg, context)
     config = msg.content.config_records.get(CONFIG_KEY)
-    mu = float(config.get("proximal-mu", 0.0)) if config is not None else 0.0
-    weights = msg.content[ARRAYS_KEY].to_numpy_ndarrays()
-    new_weights, metrics = trainer.train(weights, settings, proximal_mu=mu)
+    mu = config.get("proximal-mu", 0.0) if config is not None else 0.0  # set by FedProx
+    weights = msg.content.array_records[ARRAYS_KEY].to_numpy_ndarrays()
+    new_weights, metrics = trainer.train(weights, settings,
+                                         proximal_mu=float(mu))  # type: ignore[arg-type]
     log.info("Trained on %d samples in %.2fs: loss %.4f",
              int(metrics["num-examples"]), metrics["train_time_s"], metrics["train_loss"])
     content = RecordDict({ARRAYS_KEY: ArrayRecord(new_weights),
@@ -55,7 +56,7 @@ def train(msg: Message, context: Context) -> Message:
 def evaluate(msg: Message, context: Context) -> Message:
     """Evaluate the received global model on this device's hold-out data."""
     trainer, settings = _prepare(msg, context)
-    weights = msg.content[ARRAYS_KEY].to_numpy_ndarrays()
+    weights = msg.content.array_records[ARRAYS_KEY].to_numpy_ndarrays()
     metrics = trainer.evaluate(weights, settings)
     content = RecordDict({METRICS_KEY: MetricRecord(metrics)})  # type: ignore[arg-type]
     return Message(content=content, reply_to=msg)

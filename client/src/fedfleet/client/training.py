@@ -188,7 +188,7 @@ def _fit_proximal(
     loss_fn = tf.keras.losses.SparseCategoricalCrossentropy()
     optimizer = model.optimizer
 
-    @tf.function
+    @tf.function  # type: ignore[untyped-decorator]
     def step(xb: tf.Tensor, yb: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         with tf.GradientTape() as tape:
             probs = model(xb, training=True)

@@ -15,7 +15,6 @@ from fedfleet.server.outputs import read_metrics
 from fedfleet.server.recorder import round_line
 from fedfleet.shared import process
 from fedfleet.shared.errors import FedfleetError
-from fedfleet.shared.settings import RunSettings
 
 log = logging.getLogger("fedfleet")
 

@@ -107,18 +107,15 @@ def data_command(path: str, label_column: str, fmt: str) -> None:
 
     data = load_dataset(path, label_column=label_column)
     classes, counts = np.unique(data.y, return_counts=True)
-    summary = {
-        "source": data.source,
-        "samples": len(data),
-        "sample_shape": list(data.sample_shape),
-        "classes": {int(c): int(n) for c, n in zip(classes, counts, strict=True)},
-    }
+    per_class = {int(c): int(n) for c, n in zip(classes, counts, strict=True)}
+    summary = {"source": data.source, "samples": len(data),
+               "sample_shape": list(data.sample_shape), "classes": per_class}
     if fmt == "json":
         click.echo(json.dumps(summary))
         return
     click.echo(f"{data.source}: {len(data)} samples of shape {data.sample_shape}, "
                f"{len(classes)} classes")
-    click.echo("per class: " + ", ".join(f"{c}={n}" for c, n in summary["classes"].items()))
+    click.echo("per class: " + ", ".join(f"{c}={n}" for c, n in per_class.items()))
 
 
 def main() -> None:

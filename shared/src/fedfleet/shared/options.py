@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 
-class PartitionType(click.ParamType):
+class PartitionType(click.ParamType):  # type: ignore[type-arg]
     """``I/N``: this device holds partition I (0-based) of N of a shared dataset."""
 
     name = "I/N"
@@ -13,8 +13,8 @@ class PartitionType(click.ParamType):
     def convert(self, value: object, param: click.Parameter | None,
                 ctx: click.Context | None) -> tuple[int, int]:
         """Parse ``"0/3"`` into ``(0, 3)``."""
-        if isinstance(value, tuple):
-            return value  # type: ignore[return-value]
+        if isinstance(value, tuple) and len(value) == 2:
+            return value
         index, sep, total = str(value).partition("/")
         try:
             i, n = int(index), int(total)
@@ -25,7 +25,7 @@ class PartitionType(click.ParamType):
         return i, n
 
 
-class AddressType(click.ParamType):
+class AddressType(click.ParamType):  # type: ignore[type-arg]
     """``host:port`` of a SuperLink."""
 
     name = "HOST:PORT"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -136,7 +136,7 @@ class RunSettings:
             key = f.name.replace("_", "-")
             if key not in config:
                 continue
-            kind = type(f.default)
+            kind: Callable[[Any], Any] = type(f.default)
             try:
                 values[f.name] = kind(config[key])
             except (TypeError, ValueError) as err:

@@ -39,6 +39,7 @@ def load_builtin(name: str, split: str) -> tuple[np.ndarray, np.ndarray]:
                 f"could not download {name} through keras.datasets ({err}); use "
                 "builtin:digits offline, or copy the data to the device as an .npz"
             ) from err
-        return train if split == "train" else test
+        x, y = train if split == "train" else test
+        return np.asarray(x), np.asarray(y)
     known = ", ".join(f"builtin:{n}" for n in BUILTIN_DATASETS)
     raise DataError(f"unknown built-in dataset 'builtin:{name}': use one of {known}")
