@@ -67,7 +67,7 @@ def _free_port() -> int:
 
 @pytest.fixture
 def stack(images: None, tmp_path: Path) -> Iterator[tuple[str, dict[str, str], Path]]:
-    """A compose project of its own, with outputs in tmp_path; torn down afterwards."""
+    """Yield a compose project of its own with outputs in tmp_path; tear it down."""
     project = f"fedfleet-e2e-{uuid.uuid4().hex[:8]}"
     outputs = tmp_path / "outputs"
     outputs.mkdir()

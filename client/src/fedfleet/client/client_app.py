@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from functools import lru_cache
 
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
@@ -11,10 +10,11 @@ from flwr.clientapp import ClientApp
 from fedfleet.client.training import LocalTrainer, NodeData
 from fedfleet.shared.constants import ARRAYS_KEY, CONFIG_KEY, METRICS_KEY
 from fedfleet.shared.errors import VersionMismatchError
+from fedfleet.shared.logs import get_logger
 from fedfleet.shared.settings import RunSettings
 from fedfleet.shared.version import __version__, compatible
 
-log = logging.getLogger("fedfleet")
+log = get_logger()
 
 app = ClientApp()
 

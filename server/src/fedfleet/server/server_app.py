@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import time
 from pathlib import Path
 from typing import Any
@@ -15,11 +14,12 @@ from fedfleet.server.recorder import RecordingMixin, RunRecorder
 from fedfleet.server.strategies import make_strategy
 from fedfleet.shared.data import fit_to_shape, load_dataset
 from fedfleet.shared.errors import FedfleetError
+from fedfleet.shared.logs import get_logger
 from fedfleet.shared.models import build_model
 from fedfleet.shared.settings import RunSettings
 from fedfleet.shared.weights import specs_of
 
-log = logging.getLogger("fedfleet")
+log = get_logger()
 
 app = ServerApp()
 

@@ -25,9 +25,16 @@ QUIET_FLOWER_ENV = {
 
 
 def flower_env(flwr_home: Path, extra: Mapping[str, str] | None = None) -> dict[str, str]:
-    """Return the environment for a Flower process with its own ``FLWR_HOME``."""
+    """Return the environment for a Flower process with its own ``FLWR_HOME``.
+
+    This Python's script directory goes first on PATH: Flower daemons start their
+    helpers (``flower-superexec``, ``flwr-serverapp``) by name.
+    """
     flwr_home.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, **QUIET_FLOWER_ENV, "FLWR_HOME": str(flwr_home)}
+    scripts = str(Path(sys.executable).parent)
+    path = os.environ.get("PATH", "")
+    env = {**os.environ, **QUIET_FLOWER_ENV, "FLWR_HOME": str(flwr_home),
+           "PATH": f"{scripts}{os.pathsep}{path}" if path else scripts}
     env.update(extra or {})
     return env
 
