@@ -20,6 +20,7 @@ from fedfleet.server.recorder import (
     wait_for_clients,
 )
 from fedfleet.server.strategies import make_strategy
+from fedfleet.shared.compression import encode_update
 from fedfleet.shared.errors import FedfleetError
 from fedfleet.shared.models import build_model
 from fedfleet.shared.settings import RunSettings
@@ -69,16 +70,18 @@ def _error(to: Message, node: int, reason: str) -> Message:
     return Message(Error(code=3, reason=reason), reply_to=to)
 
 
-def _setup(tmp_path: Path, strategy: str = "fedavg"):  # type: ignore[no-untyped-def]
+def _setup(tmp_path: Path, strategy: str = "fedavg", compression: str = "none",
+           num_rounds: int = 1):  # type: ignore[no-untyped-def]
     settings = RunSettings(strategy=strategy, min_clients=2, model="mlp",
-                           input_shape="4", num_classes=2)
+                           input_shape="4", num_classes=2, compression=compression,
+                           client_wait_timeout=5, num_rounds=num_rounds)
     model = build_model("mlp", (4,), 2)
     weights = model.get_weights()
-    recorder = RunRecorder(RunOutputs(tmp_path), {"run_id": 1, "num_rounds": 1},
-                           specs_of(weights), model)
+    recorder = RunRecorder(RunOutputs(tmp_path), {"run_id": 1, "num_rounds": num_rounds},
+                           specs_of(weights), model, compression)
     strategy_obj = make_strategy(settings, base=RecordingMixin)
     strategy_obj.recorder = recorder  # type: ignore[attr-defined]
-    strategy_obj.client_wait_timeout = 5  # type: ignore[attr-defined]
+    strategy_obj.settings = settings  # type: ignore[attr-defined]
     return strategy_obj, recorder, weights
 
 
@@ -157,3 +160,45 @@ def test_recorder_writes_status(tmp_path: Path) -> None:
     recorder.finish("failed", "boom")
     record = json.loads((tmp_path / "metrics.json").read_text())
     assert record["status"] == "failed" and record["error"] == "boom"
+
+
+def test_int8_updates_are_decoded_before_aggregation(tmp_path: Path) -> None:
+    """Compressed runs send float16 down and rebuild float32 weights from int8 up."""
+    strategy, recorder, weights = _setup(tmp_path, compression="int8")
+    grid = FakeGrid([1, 2])
+    msgs = list(strategy.configure_train(1, ArrayRecord(weights), ConfigRecord(), grid))
+    sent = msgs[0].content["arrays"].to_numpy_ndarrays()
+    assert {a.dtype for a in sent} == {np.dtype(np.float16)}
+    plus = [w + 0.5 for w in weights]
+    replies = [_reply(m, m.metadata.dst_node_id,
+                      encode_update(plus, weights, "int8"), {"num-examples": 5})
+               for m in msgs]
+    arrays, _ = strategy.aggregate_train(1, replies)
+    assert arrays is not None
+    for got, want in zip(arrays.to_numpy_ndarrays(), plus, strict=True):
+        assert got.dtype == np.float32
+        np.testing.assert_allclose(got, want, atol=0.01)
+    assert recorder.current["payload_bytes_up"] < recorder.current["payload_bytes_down"]
+
+
+def test_evaluation_in_train_replies_lands_on_the_previous_round(tmp_path: Path) -> None:
+    """Scores of the received model are filed under the round that produced it."""
+    strategy, recorder, weights = _setup(tmp_path, num_rounds=3)
+    grid = FakeGrid([1, 2])
+    arrays = ArrayRecord(weights)
+    for rnd, scores in ((1, (0.1, 0.2)), (2, (0.6, 0.9))):
+        msgs = sorted(strategy.configure_train(rnd, arrays, ConfigRecord(), grid),
+                      key=lambda m: m.metadata.dst_node_id)
+        replies = [_reply(m, m.metadata.dst_node_id, weights,
+                          {"num-examples": 10, "global_eval_loss": 1.0,
+                           "global_eval_accuracy": acc, "global_eval_examples": n})
+                   for m, acc, n in zip(msgs, scores, (10, 30), strict=True)]
+        strategy.aggregate_train(rnd, replies)
+        assert list(strategy.configure_evaluate(rnd, arrays, ConfigRecord(), grid)) == []
+        recorder.end_round(rnd, arrays, None)
+    first = recorder.record["rounds"][0]
+    assert first["eval_replies"] == 2
+    assert first["eval_accuracy"] == pytest.approx((0.6 * 10 + 0.9 * 30) / 40)
+    assert "eval_accuracy" not in recorder.record["rounds"][1]  # measured in round 3
+    final = list(strategy.configure_evaluate(3, arrays, ConfigRecord(), grid))
+    assert len(final) == 2  # the last model is evaluated by its own message

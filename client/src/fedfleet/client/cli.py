@@ -37,13 +37,16 @@ from fedfleet.shared.options import ADDRESS, PARTITION
               help="Local port of the SuperNode's Runtime API (one per node on a host).")
 @click.option("--connect-timeout", type=click.FloatRange(min=1), default=120.0,
               show_default=True, help="Seconds to wait for the server to answer.")
+@click.option("--warm-trainer/--no-warm-trainer", default=True, show_default=True,
+              help="Keep TensorFlow and the model loaded between rounds in one "
+                   "long-lived trainer process.")
 @click.option("--home", type=click.Path(file_okay=False, path_type=Path),
               default=Path.home() / ".fedfleet" / "client", show_default=True,
               help="Directory for the node's Flower state (FLWR_HOME).")
 def join(server: str, data_path: str, partition: tuple[int, int] | None,
          label_column: str, class_names: str, insecure: bool,
          root_certificates: Path | None, runtime_port: int, connect_timeout: float,
-         home: Path) -> None:
+         warm_trainer: bool, home: Path) -> None:
     """Join this device to a fedfleet server and train on local data.
 
     The data never leaves the device; only model weights and metrics do. The
@@ -60,5 +63,5 @@ def join(server: str, data_path: str, partition: tuple[int, int] | None,
                     label_column=label_column, class_names=class_names)
     opts = JoinOptions(server=server, node=node, home=home, insecure=insecure,
                        root_certificates=root_certificates, runtime_port=runtime_port,
-                       connect_timeout=connect_timeout)
+                       connect_timeout=connect_timeout, warm_trainer=warm_trainer)
     sys.exit(run_join(opts))

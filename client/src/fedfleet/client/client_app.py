@@ -1,13 +1,24 @@
-"""The Flower ClientApp: unpacks messages, calls the LocalTrainer, packs replies."""
+"""The Flower ClientApp: unpacks messages, hands them to the trainer, packs replies.
+
+It imports no TensorFlow: with a warm trainer running (``fedfleet join`` starts one
+and puts its socket in the node config as ``trainer-socket``), the work happens
+there; without one, or if it cannot be reached, a trainer in this process does it.
+"""
 
 from __future__ import annotations
 
+import time
 from functools import lru_cache
+from pathlib import Path
+from typing import Any
 
+import numpy as np
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
+from fedfleet.client import worker
 from fedfleet.client.training import LocalTrainer, NodeData
+from fedfleet.shared.compression import encode_update
 from fedfleet.shared.constants import ARRAYS_KEY, CONFIG_KEY, METRICS_KEY
 from fedfleet.shared.errors import VersionMismatchError
 from fedfleet.shared.logs import get_logger
@@ -18,13 +29,15 @@ log = get_logger()
 
 app = ClientApp()
 
+_STARTED = time.monotonic()
+
 
 @lru_cache(maxsize=4)
 def _trainer(node: NodeData) -> LocalTrainer:
     return LocalTrainer(node)
 
 
-def _prepare(msg: Message, context: Context) -> tuple[LocalTrainer, RunSettings]:
+def _prepare(msg: Message, context: Context) -> RunSettings:
     """Check versions and read settings; raise with a message the server will log."""
     settings = RunSettings.from_run_config(context.run_config)
     if not compatible(settings.fedfleet_version, __version__):
@@ -33,30 +46,64 @@ def _prepare(msg: Message, context: Context) -> tuple[LocalTrainer, RunSettings]
             f"{__version__}; install the matching release on the client "
             f"(pip install 'fedfleet-client~={settings.fedfleet_version}')"
         )
-    return _trainer(NodeData.from_node_config(context.node_config)), settings
+    return settings
+
+
+def _received_weights(msg: Message) -> list[np.ndarray]:
+    """Return the global weights; float16 (compressed) ones widened to float32."""
+    arrays = msg.content.array_records[ARRAYS_KEY].to_numpy_ndarrays()
+    return [a.astype(np.float32) if a.dtype == np.float16 else a for a in arrays]
+
+
+def _run(op: str, msg: Message, context: Context, settings: RunSettings,
+         weights: list[np.ndarray], proximal_mu: float = 0.0
+         ) -> tuple[dict[str, Any], list[np.ndarray]]:
+    """Do ``op`` in the warm trainer if there is one, else in this process."""
+    node = dict(context.node_config)
+    socket_path = node.get("trainer-socket")
+    if socket_path:
+        try:
+            reply, out = worker.call(Path(str(socket_path)), op, context.run_id,
+                                     dict(context.run_config), node, weights,
+                                     timeout=settings.round_timeout,
+                                     proximal_mu=proximal_mu)
+            reply["metrics"]["warm"] = 1.0
+            return reply["metrics"], out
+        except worker.WorkerUnavailable as err:
+            log.warning("Warm trainer unavailable (%s); training in this process", err)
+    trainer = _trainer(NodeData.from_node_config(node))
+    if op == "train":
+        new, metrics = trainer.train(weights, settings, proximal_mu=proximal_mu)
+        return {**metrics, "warm": 0.0}, new
+    return {**trainer.evaluate(weights, settings), "warm": 0.0}, []
+
+
+def _with_timing(metrics: dict[str, Any]) -> dict[str, Any]:
+    metrics["clientapp_s"] = time.monotonic() - _STARTED
+    return metrics
 
 
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     """Train the received global model on this device's data."""
-    trainer, settings = _prepare(msg, context)
+    settings = _prepare(msg, context)
     config = msg.content.config_records.get(CONFIG_KEY)
     mu = config.get("proximal-mu", 0.0) if config is not None else 0.0  # set by FedProx
-    weights = msg.content.array_records[ARRAYS_KEY].to_numpy_ndarrays()
-    new_weights, metrics = trainer.train(weights, settings,
-                                         proximal_mu=float(mu))  # type: ignore[arg-type]
-    log.info("Trained on %d samples in %.2fs: loss %.4f",
-             int(metrics["num-examples"]), metrics["train_time_s"], metrics["train_loss"])
-    content = RecordDict({ARRAYS_KEY: ArrayRecord(new_weights),
-                          METRICS_KEY: MetricRecord(metrics)})  # type: ignore[arg-type]
+    weights = _received_weights(msg)
+    metrics, new = _run("train", msg, context, settings, weights,
+                        proximal_mu=float(mu))  # type: ignore[arg-type]
+    log.info("Trained on %d samples in %.2fs (loss %.4f)", int(metrics["num-examples"]),
+             metrics["train_time_s"], metrics["train_loss"])
+    payload = encode_update(new, weights, settings.compression)
+    content = RecordDict({ARRAYS_KEY: ArrayRecord(payload),
+                          METRICS_KEY: MetricRecord(_with_timing(metrics))})
     return Message(content=content, reply_to=msg)
 
 
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
     """Evaluate the received global model on this device's hold-out data."""
-    trainer, settings = _prepare(msg, context)
-    weights = msg.content.array_records[ARRAYS_KEY].to_numpy_ndarrays()
-    metrics = trainer.evaluate(weights, settings)
-    content = RecordDict({METRICS_KEY: MetricRecord(metrics)})  # type: ignore[arg-type]
+    settings = _prepare(msg, context)
+    metrics, _ = _run("evaluate", msg, context, settings, _received_weights(msg))
+    content = RecordDict({METRICS_KEY: MetricRecord(_with_timing(metrics))})
     return Message(content=content, reply_to=msg)

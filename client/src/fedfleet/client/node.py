@@ -9,6 +9,7 @@ from pathlib import Path
 from types import FrameType
 
 from fedfleet.client.training import NodeData
+from fedfleet.client.worker import WorkerSupervisor
 from fedfleet.shared import process
 from fedfleet.shared.data import load_dataset
 from fedfleet.shared.errors import FedfleetError
@@ -27,13 +28,23 @@ class JoinOptions:
     root_certificates: Path | None = None
     runtime_port: int = 9094
     connect_timeout: float = 120.0
+    warm_trainer: bool = True
+    task_poll_interval: float = 0.1
+
+    @property
+    def trainer_socket(self) -> Path:
+        """Return where the warm trainer listens (inside the node's home)."""
+        return self.home / "trainer.sock"
 
 
 def supernode_command(opts: JoinOptions) -> list[str]:
     """Return the ``flower-supernode`` command line for ``opts``."""
+    node_config = opts.node.to_node_config()
+    if opts.warm_trainer:
+        node_config += f' trainer-socket="{opts.trainer_socket}"'
     cmd = [process.flower_executable("flower-supernode"),
            "--superlink", opts.server,
-           "--node-config", opts.node.to_node_config(),
+           "--node-config", node_config,
            "--port", str(opts.runtime_port)]
     if opts.insecure:
         cmd.append("--insecure")
@@ -64,7 +75,22 @@ def join(opts: JoinOptions) -> int:
     log.info("Waiting for the server at %s (up to %.0fs)", opts.server,
              opts.connect_timeout)
     process.wait_healthy(opts.server, tls, opts.root_certificates, opts.connect_timeout)
-    env = process.flower_env(opts.home)
+    # SuperExec (started by the SuperNode) checks for new tasks every second by default.
+    env = process.flower_env(opts.home, {
+        "FLWR_SUPEREXEC_TASK_POLL_INTERVAL": str(opts.task_poll_interval)})
+    trainer = None
+    if opts.warm_trainer:
+        trainer = WorkerSupervisor(opts.trainer_socket, env)
+        trainer.start()
+        log.info("Warm trainer running as pid %s", trainer.pid)
+    try:
+        return _run_supernode(opts, env)
+    finally:
+        if trainer is not None:
+            trainer.stop()
+
+
+def _run_supernode(opts: JoinOptions, env: dict[str, str]) -> int:
     child = process.start(supernode_command(opts), env)
     log.info("Joined %s; SuperNode running as pid %d", opts.server, child.pid)
 

@@ -17,7 +17,6 @@ import numpy as np
 from fedfleet.shared.constants import DEFAULT_DATASET, NUM_EXAMPLES_KEY
 from fedfleet.shared.data import fit_to_shape, load_dataset, partition, split_holdout
 from fedfleet.shared.errors import ConfigError, DataError
-from fedfleet.shared.models import build_model
 from fedfleet.shared.settings import RunSettings
 from fedfleet.shared.weights import check_weights, specs_of
 
@@ -115,6 +114,8 @@ class LocalTrainer:
         """Return the compiled model with ``weights`` set, after checking they fit it."""
         import keras
 
+        from fedfleet.shared.models import build_model
+
         key = (settings.model, settings.input_shape, settings.num_classes,
                settings.learning_rate)
         if key != self._model_key:
@@ -133,9 +134,18 @@ class LocalTrainer:
         """Train from ``weights`` for ``local_epochs``; return new weights and metrics.
 
         With ``proximal_mu > 0`` (FedProx) the loss gets ``mu/2 * ||w - w_global||^2``.
+        With ``client_eval == "with-train"`` the received global weights are first
+        evaluated on the hold-out (``global_eval_*`` metrics), which saves Flower a
+        separate evaluate message per round.
         """
         t0 = time.perf_counter()
-        x_tr, y_tr, _, _ = self.data(settings)
+        x_tr, y_tr, x_ev, _ = self.data(settings)
+        pre: dict[str, float] = {}
+        if settings.client_eval == "with-train" and len(x_ev):
+            scores = self.evaluate(weights, settings)
+            pre = {"global_eval_loss": scores["eval_loss"],
+                   "global_eval_accuracy": scores["eval_accuracy"],
+                   "global_eval_examples": scores[NUM_EXAMPLES_KEY]}
         model = self.model(settings, weights)
         t_fit = time.perf_counter()
         if proximal_mu > 0:
@@ -157,6 +167,7 @@ class LocalTrainer:
             "train_accuracy": acc,
             "train_time_s": train_time,
             "client_time_s": time.perf_counter() - t0,
+            **pre,
         }
 
     def evaluate(

@@ -17,8 +17,10 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 
 from fedfleet.server.outputs import RunOutputs
-from fedfleet.shared.constants import ARRAYS_KEY
+from fedfleet.shared.compression import decode_update, encode_weights
+from fedfleet.shared.constants import ARRAYS_KEY, NUM_EXAMPLES_KEY
 from fedfleet.shared.errors import FedfleetError, ModelMismatchError
+from fedfleet.shared.settings import RunSettings
 from fedfleet.shared.weights import WeightSpec, check_weights
 
 log = logging.getLogger("fedfleet")
@@ -36,22 +38,40 @@ class RunRecorder:
     """Collects the rounds of one run and writes them to its outputs."""
 
     def __init__(self, outputs: RunOutputs | None, info: dict[str, Any],
-                 weight_specs: list[WeightSpec], model: Any) -> None:
+                 weight_specs: list[WeightSpec], model: Any,
+                 compression: str = "none") -> None:
         """Start an empty record; ``model`` is used to save checkpoints."""
         self.outputs = outputs
         self.weight_specs = weight_specs
         self.model = model
+        self.compression = compression
+        self.base: list[Any] = []
         self.record: dict[str, Any] = {"run": info, "status": "running", "initial": None,
                                        "rounds": []}
         self.current: dict[str, Any] = {}
         self._t0 = 0.0
         self.save()
 
-    def begin_round(self, server_round: int) -> None:
-        """Start timing ``server_round``."""
+    def begin_round(self, server_round: int, arrays: ArrayRecord) -> None:
+        """Start timing ``server_round``, whose global weights are ``arrays``."""
         self._t0 = time.perf_counter()
+        self.base = list(arrays.to_numpy_ndarrays())
         self.current = {"round": server_round, "started_at": time.time(),
-                        "clients": {}, "errors": []}
+                        "clients": {}, "errors": [], "payload_bytes_down": 0,
+                        "payload_bytes_up": 0}
+
+    def outgoing(self, messages: Iterable[Message], arrays: ArrayRecord) -> list[Message]:
+        """Compress the global weights in ``messages`` (if on) and count their bytes."""
+        messages = list(messages)
+        payload = arrays
+        if self.compression != "none" and messages:
+            payload = ArrayRecord(encode_weights(arrays.to_numpy_ndarrays(),
+                                                 self.compression))
+            for msg in messages:
+                msg.content[ARRAYS_KEY] = payload
+        size = sum(a.nbytes for a in payload.to_numpy_ndarrays())
+        self.current["payload_bytes_down"] += size * len(messages)
+        return messages
 
     def _client(self, msg: Message) -> dict[str, Any]:
         node = str(msg.metadata.src_node_id)
@@ -64,17 +84,23 @@ class RunRecorder:
             if msg.has_error():
                 self._error("train", msg, describe_error(msg.error.reason))
                 continue
+            origin = f"node {msg.metadata.src_node_id}"
             try:
-                arrays = msg.content.array_records.get(ARRAYS_KEY)
-                if arrays is None:
+                record = msg.content.array_records.get(ARRAYS_KEY)
+                if record is None:
                     raise ModelMismatchError("the reply carries no weights")
-                check_weights(self.weight_specs, arrays.to_numpy_ndarrays(),
-                              f"node {msg.metadata.src_node_id}")
+                received = record.to_numpy_ndarrays()
+                self.current["payload_bytes_up"] += sum(a.nbytes for a in received)
+                weights = decode_update(received, self.base, self.compression, origin)
+                check_weights(self.weight_specs, weights, origin)
             except (FedfleetError, ValueError) as err:
                 self._error("train", msg, f"rejected: {err}")
                 continue
+            if self.compression != "none":
+                msg.content[ARRAYS_KEY] = ArrayRecord(weights)
             self._metrics(msg, "train")
             accepted.append(msg)
+        self._previous_round_evaluation()
         self.current["train_replies"] = len(accepted)
         self.current["train_failures"] = len(self.current["errors"])
         self.current["train_phase_s"] = time.perf_counter() - self._t0
@@ -92,6 +118,29 @@ class RunRecorder:
         self.current["eval_replies"] = len(ok)
         return ok
 
+    def _previous_round_evaluation(self) -> None:
+        """File the clients' ``global_eval_*`` scores under the round they measured.
+
+        With ``client-eval = with-train`` each client scores the weights it receives,
+        i.e. the previous round's global model, before training on them.
+        """
+        rounds = self.record["rounds"]
+        scores = [(c["node_id"], c.pop("global_eval_loss"), c.pop("global_eval_accuracy"),
+                   c.pop("global_eval_examples"))
+                  for c in self.current["clients"].values() if "global_eval_loss" in c]
+        if not scores or not rounds:
+            return
+        row = rounds[-1]
+        total = sum(n for *_, n in scores)
+        row["eval_replies"] = len(scores)
+        row["eval_loss"] = sum(loss * n for _, loss, _, n in scores) / total
+        row["eval_accuracy"] = sum(acc * n for _, _, acc, n in scores) / total
+        by_node = {c["node_id"]: c for c in row["clients"]}
+        for node, loss, acc, n in scores:
+            by_node.setdefault(node, {"node_id": node}).update(
+                {"eval_loss": loss, "eval_accuracy": acc, f"eval_{NUM_EXAMPLES_KEY}": n})
+        self.save()
+
     def _metrics(self, msg: Message, phase: str) -> None:
         client = self._client(msg)
         for record in msg.content.metric_records.values():
@@ -108,7 +157,8 @@ class RunRecorder:
     def aggregated(self, phase: str, metrics: MetricRecord | None) -> None:
         """Keep the strategy's aggregated train or evaluate metrics."""
         for key, value in dict(metrics or {}).items():
-            if key != "num-examples" and not key.endswith("_s"):
+            if key in ("train_loss", "train_accuracy", "eval_loss", "eval_accuracy",
+                       "warm"):
                 self.current[key] = value
 
     def end_round(self, server_round: int, arrays: ArrayRecord,
@@ -198,15 +248,16 @@ class RecordingMixin:
     """Put in front of a Flower strategy class to record rounds (see module doc)."""
 
     recorder: RunRecorder
-    client_wait_timeout: float
+    settings: RunSettings
     min_available_nodes: int
 
     def configure_train(self, server_round: int, arrays: ArrayRecord,
                         config: ConfigRecord, grid: Grid) -> Iterable[Message]:
         """Start the round once enough clients are connected."""
-        self.recorder.begin_round(server_round)
-        wait_for_clients(grid, self.min_available_nodes, self.client_wait_timeout)
-        return super().configure_train(server_round, arrays, config, grid)  # type: ignore[misc,no-any-return]
+        self.recorder.begin_round(server_round, arrays)
+        wait_for_clients(grid, self.min_available_nodes, self.settings.client_wait_timeout)
+        messages = super().configure_train(server_round, arrays, config, grid)  # type: ignore[misc]
+        return self.recorder.outgoing(messages, arrays)
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]
                         ) -> tuple[ArrayRecord | None, MetricRecord | None]:
@@ -220,10 +271,19 @@ class RecordingMixin:
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord,
                            config: ConfigRecord, grid: Grid) -> Iterable[Message]:
-        """Skip federated evaluation when no client could train this round."""
+        """Evaluate on clients only when a separate evaluate message is needed.
+
+        Skipped when no client could train this round, and with ``client-eval =
+        with-train`` except after the last round (the next train message carries
+        the evaluation of this round's model).
+        """
         if not self.recorder.current.get("train_replies"):
             return []
-        return super().configure_evaluate(server_round, arrays, config, grid)  # type: ignore[misc,no-any-return]
+        if self.settings.client_eval == "with-train" and \
+                server_round < self.settings.num_rounds:
+            return []
+        messages = super().configure_evaluate(server_round, arrays, config, grid)  # type: ignore[misc]
+        return self.recorder.outgoing(messages, arrays)
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]
                            ) -> MetricRecord | None:

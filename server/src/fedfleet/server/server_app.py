@@ -9,6 +9,7 @@ from typing import Any
 from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
 
+from fedfleet.server.grid import PromptGrid
 from fedfleet.server.outputs import RunOutputs
 from fedfleet.server.recorder import RecordingMixin, RunRecorder
 from fedfleet.server.strategies import make_strategy
@@ -56,13 +57,13 @@ def main(grid: Grid, context: Context) -> None:
             "num_rounds": settings.num_rounds, "settings": settings.to_run_config(),
             "num_params": int(sum(w.size for w in weights)),
             "model_bytes": int(sum(w.nbytes for w in weights))}
-    recorder = RunRecorder(outputs, info, specs_of(weights), model)
+    recorder = RunRecorder(outputs, info, specs_of(weights), model, settings.compression)
     try:
         strategy = make_strategy(settings, base=RecordingMixin)
         strategy.recorder = recorder  # type: ignore[attr-defined]
-        strategy.client_wait_timeout = settings.client_wait_timeout  # type: ignore[attr-defined]
+        strategy.settings = settings  # type: ignore[attr-defined]
         result = strategy.start(
-            grid=grid,
+            grid=PromptGrid(grid),
             initial_arrays=ArrayRecord(weights),
             num_rounds=settings.num_rounds,
             timeout=settings.round_timeout,

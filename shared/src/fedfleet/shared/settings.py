@@ -8,11 +8,16 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from fedfleet.shared.compression import METHODS
 from fedfleet.shared.constants import DEFAULT_DATASET
 from fedfleet.shared.data.partition import PARTITIONINGS
 from fedfleet.shared.errors import ConfigError
 
 Scalar = bool | int | float | str
+
+CLIENT_EVAL = ("with-train", "separate")
+"""How clients evaluate the global model: inside the next train message, or in
+Flower's separate evaluate message every round."""
 
 
 def parse_shape(text: str) -> tuple[int, ...]:
@@ -86,6 +91,8 @@ class RunSettings:
     output_dir: str = ""
     round_timeout: float = 600.0
     client_wait_timeout: float = 300.0
+    client_eval: str = "with-train"
+    compression: str = "none"
     fedfleet_version: str = field(default="")
 
     def __post_init__(self) -> None:
@@ -105,6 +112,10 @@ class RunSettings:
             (0 <= self.eval_fraction < 1, "eval-fraction must be in [0, 1)"),
             (self.round_timeout > 0, "round-timeout must be > 0"),
             (self.client_wait_timeout > 0, "client-wait-timeout must be > 0"),
+            (self.client_eval in CLIENT_EVAL,
+             f"client-eval must be one of {', '.join(CLIENT_EVAL)}"),
+            (self.compression in METHODS,
+             f"compression must be one of {', '.join(METHODS)}"),
         ]
         for ok, message in checks:
             if not ok:

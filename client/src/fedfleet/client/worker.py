@@ -1,0 +1,221 @@
+"""The warm trainer: one long-lived process per device that keeps TensorFlow loaded.
+
+Flower starts a new ClientApp process for every message. Instead of importing
+TensorFlow, loading data and building the model each time, the ClientApp hands the
+weights over a Unix socket to this worker, which keeps a ``LocalTrainer`` (data,
+compiled model, traced functions) per run. Runs never share a trainer, and only the
+newest few are kept. ``fedfleet join`` starts the worker and restarts it if it dies;
+a ClientApp that cannot reach it trains in its own process instead.
+
+Run it alone with ``python -m fedfleet.client.worker --socket PATH``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import socket
+import socketserver
+import subprocess
+import sys
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fedfleet.client import wire
+from fedfleet.client.training import LocalTrainer, NodeData
+from fedfleet.shared import errors
+from fedfleet.shared.settings import RunSettings
+
+log = logging.getLogger("fedfleet")
+
+KEEP_RUNS = 2
+"""Trainers kept at once; older runs are dropped (a run never reuses another's)."""
+
+
+class WorkerUnavailable(Exception):
+    """The worker could not be reached; the caller trains in-process instead."""
+
+
+class TrainerPool:
+    """Trainers by (run, node data), newest last; at most ``KEEP_RUNS`` are kept."""
+
+    def __init__(self) -> None:
+        self._trainers: OrderedDict[tuple[int, NodeData], LocalTrainer] = OrderedDict()
+
+    def get(self, run_id: int, node: NodeData) -> LocalTrainer:
+        """Return the trainer of ``run_id`` on ``node``, creating it if needed."""
+        key = (run_id, node)
+        if key not in self._trainers:
+            self._trainers[key] = LocalTrainer(node)
+            while len(self._trainers) > KEEP_RUNS:
+                self._trainers.popitem(last=False)
+        self._trainers.move_to_end(key)
+        return self._trainers[key]
+
+
+def handle(pool: TrainerPool, header: dict[str, Any], arrays: list[np.ndarray]
+           ) -> tuple[dict[str, Any], list[np.ndarray]]:
+    """Serve one request: ``train`` or ``evaluate`` for a run on this device."""
+    settings = RunSettings.from_run_config(header["settings"])
+    trainer = pool.get(int(header["run_id"]), NodeData.from_node_config(header["node"]))
+    if header["op"] == "train":
+        weights, metrics = trainer.train(arrays, settings,
+                                         proximal_mu=float(header.get("proximal_mu", 0.0)))
+        return {"ok": True, "metrics": metrics}, weights
+    if header["op"] == "evaluate":
+        return {"ok": True, "metrics": trainer.evaluate(arrays, settings)}, []
+    raise errors.ConfigError(f"unknown trainer operation {header['op']!r}")
+
+
+def serve(socket_path: Path, parent_pid: int | None = None) -> None:
+    """Listen on ``socket_path`` (owner-only) and serve requests one at a time.
+
+    With ``parent_pid`` the worker exits once that process is gone.
+    """
+    import keras  # noqa: F401  (pay for TensorFlow now, not on the first message)
+
+    pool = TrainerPool()
+
+    class Handler(socketserver.BaseRequestHandler):
+        def handle(self) -> None:
+            try:
+                header, arrays = wire.receive(self.request)
+            except (ConnectionError, ValueError) as err:
+                log.warning("Trainer: bad request: %s", err)
+                return
+            try:
+                reply, out = handle(pool, header, arrays)
+            except errors.FedfleetError as err:
+                reply, out = {"ok": False, "error": type(err).__name__,
+                              "message": str(err)}, []
+            wire.send(self.request, reply, out)
+
+    socket_path.parent.mkdir(parents=True, exist_ok=True)
+    socket_path.unlink(missing_ok=True)
+    old_umask = os.umask(0o177)
+    try:
+        server = socketserver.UnixStreamServer(str(socket_path), Handler)
+    finally:
+        os.umask(old_umask)
+    log.info("Trainer ready on %s", socket_path)
+    if parent_pid is not None:
+        threading.Thread(target=_exit_with_parent, args=(server, parent_pid),
+                         daemon=True).start()
+    with server:
+        server.serve_forever()
+    socket_path.unlink(missing_ok=True)
+
+
+def _exit_with_parent(server: socketserver.BaseServer, parent_pid: int) -> None:
+    while os.getppid() == parent_pid:
+        time.sleep(1.0)
+    log.info("Trainer: parent %d is gone; exiting", parent_pid)
+    server.shutdown()
+
+
+def call(socket_path: Path, op: str, run_id: int, settings: dict[str, Any],
+         node: dict[str, Any], arrays: Sequence[np.ndarray], timeout: float,
+         proximal_mu: float = 0.0) -> tuple[dict[str, Any], list[np.ndarray]]:
+    """Ask the worker to ``train`` or ``evaluate``; return its metrics and weights.
+
+    Raises
+    ------
+    WorkerUnavailable
+        If there is no worker or the connection breaks (the caller falls back).
+    FedfleetError
+        The worker's own error (bad data, mismatched model), re-raised as the same type.
+    """
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(timeout)
+            sock.connect(str(socket_path))
+            wire.send(sock, {"op": op, "run_id": run_id, "settings": settings,
+                             "node": node, "proximal_mu": proximal_mu}, arrays)
+            reply, out = wire.receive(sock)
+    except (OSError, ConnectionError, ValueError) as err:
+        raise WorkerUnavailable(f"trainer at {socket_path}: {err}") from err
+    if not reply.get("ok"):
+        kind = getattr(errors, str(reply.get("error")), errors.FedfleetError)
+        if not (isinstance(kind, type) and issubclass(kind, errors.FedfleetError)):
+            kind = errors.FedfleetError
+        raise kind(str(reply.get("message")))
+    return reply, out
+
+
+class WorkerSupervisor:
+    """Runs the worker as a child process and restarts it when it exits."""
+
+    def __init__(self, socket_path: Path, env: dict[str, str]) -> None:
+        """Remember where the worker listens; call :meth:`start` to run it."""
+        self.socket_path = socket_path
+        self.env = env
+        self.restarts = 0
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+
+    def start(self) -> None:
+        """Start the worker and a thread that restarts it (with backoff) if it dies."""
+        self._spawn()
+        self._thread.start()
+
+    def _spawn(self) -> None:
+        self._proc = subprocess.Popen(
+            [sys.executable, "-m", "fedfleet.client.worker", "--socket",
+             str(self.socket_path), "--parent-pid", str(os.getpid())],
+            env=self.env, start_new_session=True)
+
+    def _watch(self) -> None:
+        backoff = 1.0
+        while not self._stopping.wait(0.5):
+            if self._proc is not None and self._proc.poll() is not None:
+                log.warning("Trainer exited with code %s; restarting in %.0fs",
+                            self._proc.returncode, backoff)
+                if self._stopping.wait(backoff):
+                    return
+                self.restarts += 1
+                started = time.monotonic()
+                self._spawn()
+                backoff = 1.0 if time.monotonic() - started > 60 else min(backoff * 2, 30)
+
+    @property
+    def pid(self) -> int | None:
+        """Return the current worker's process ID."""
+        return self._proc.pid if self._proc is not None else None
+
+    def stop(self) -> None:
+        """Stop watching and end the worker."""
+        self._stopping.set()
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.terminate()
+            try:
+                self._proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+        self.socket_path.unlink(missing_ok=True)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of ``python -m fedfleet.client.worker``."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else "")
+    parser.add_argument("--socket", required=True, type=Path, help="Unix socket path.")
+    parser.add_argument("--parent-pid", type=int, default=None,
+                        help="Exit when this process is gone.")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="fedfleet trainer %(levelname)s: "
+                        "%(message)s")
+    try:
+        serve(args.socket, args.parent_pid)
+    except KeyboardInterrupt:
+        pass
+
+
+if __name__ == "__main__":
+    main()
