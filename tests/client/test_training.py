@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from fedfleet.client.client_app import _prepare
-from fedfleet.client.training import LocalTrainer, NodeData
+from fedfleet.client.nodedata import NodeData
+from fedfleet.client.training import LocalTrainer, load_node_data
 from fedfleet.shared.errors import DataError, ModelMismatchError, VersionMismatchError
 from fedfleet.shared.models import build_model
 from fedfleet.shared.settings import RunSettings
@@ -74,10 +75,10 @@ def test_data_that_does_not_fit_the_model(tmp_path: Path) -> None:
     path = tmp_path / "d.npz"
     np.savez(path, x=np.zeros((10, 8, 8), dtype=np.uint8), y=np.arange(10) + 5)
     with pytest.raises(DataError, match="label 14 but the model has 10 classes"):
-        NodeData(data_path=str(path)).load(SETTINGS)
+        load_node_data(NodeData(data_path=str(path)), SETTINGS)
     np.savez(path, x=np.zeros((10, 5), dtype=np.float32), y=np.zeros(10, dtype=int))
     with pytest.raises(DataError, match="expects \\(8, 8, 1\\)"):
-        NodeData(data_path=str(path)).load(SETTINGS)
+        load_node_data(NodeData(data_path=str(path)), SETTINGS)
 
 
 class _Ctx:
@@ -91,5 +92,4 @@ def test_client_refuses_a_server_of_another_release() -> None:
     config = SETTINGS.replace(fedfleet_version="9.9.0").to_run_config()
     with pytest.raises(VersionMismatchError, match="server runs fedfleet 9.9.0"):
         _prepare(None, _Ctx(config))  # type: ignore[arg-type]
-    trainer, settings = _prepare(None, _Ctx(SETTINGS.to_run_config()))  # type: ignore[arg-type]
-    assert settings == SETTINGS and trainer.node.data_path == "builtin:digits"
+    assert _prepare(None, _Ctx(SETTINGS.to_run_config())) == SETTINGS  # type: ignore[arg-type]

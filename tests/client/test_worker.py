@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 from fedfleet.client import wire, worker
-from fedfleet.client.training import NodeData
+from fedfleet.client.nodedata import NodeData
+from fedfleet.client.supervisor import WorkerSupervisor
 from fedfleet.shared.errors import DataError
 from fedfleet.shared.models import build_model
 from fedfleet.shared.process import flower_env
@@ -86,7 +87,7 @@ def test_call_without_a_worker_is_unavailable(tmp_path: Path) -> None:
 def test_supervisor_restarts_a_crashed_worker(tmp_path: Path) -> None:
     """A killed worker comes back on the same socket."""
     path = tmp_path / "trainer.sock"
-    sup = worker.WorkerSupervisor(path, flower_env(tmp_path / "home"))
+    sup = WorkerSupervisor(path, flower_env(tmp_path / "home"))
     sup.start()
     try:
         deadline = time.monotonic() + 120

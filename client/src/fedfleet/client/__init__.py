@@ -1,5 +1,5 @@
 """fedfleet.client: the device side; trains on local data and returns only weights."""
 
-from fedfleet.client.training import LocalTrainer, NodeData
+from fedfleet.client.nodedata import NodeData
 
-__all__ = ["LocalTrainer", "NodeData"]
+__all__ = ["NodeData"]

@@ -9,7 +9,7 @@ import click
 
 from fedfleet.client.node import JoinOptions
 from fedfleet.client.node import join as run_join
-from fedfleet.client.training import NodeData
+from fedfleet.client.nodedata import NodeData
 from fedfleet.shared.constants import DEFAULT_DATASET, SUPERLINK_PORT, SUPERNODE_PORT
 from fedfleet.shared.options import ADDRESS, PARTITION
 

@@ -17,11 +17,13 @@ from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from fedfleet.client import worker
-from fedfleet.client.training import LocalTrainer, NodeData
+from fedfleet.client.nodedata import NodeData
+from fedfleet.client.training import LocalTrainer
 from fedfleet.shared.compression import encode_update
 from fedfleet.shared.constants import ARRAYS_KEY, CONFIG_KEY, METRICS_KEY
 from fedfleet.shared.errors import VersionMismatchError
 from fedfleet.shared.logs import get_logger
+from fedfleet.shared.process import peak_rss_mb
 from fedfleet.shared.settings import RunSettings
 from fedfleet.shared.version import __version__, compatible
 
@@ -79,7 +81,9 @@ def _run(op: str, msg: Message, context: Context, settings: RunSettings,
 
 
 def _with_timing(metrics: dict[str, Any]) -> dict[str, Any]:
+    """Add this process's age and peak memory (what each message costs the device)."""
     metrics["clientapp_s"] = time.monotonic() - _STARTED
+    metrics["clientapp_peak_rss_mb"] = peak_rss_mb()
     return metrics
 
 

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import signal
+import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 
-from fedfleet.client.training import NodeData
-from fedfleet.client.worker import WorkerSupervisor
+from fedfleet.client.nodedata import NodeData
+from fedfleet.client.supervisor import WorkerSupervisor
 from fedfleet.shared import process
-from fedfleet.shared.data import load_dataset
-from fedfleet.shared.errors import FedfleetError
+from fedfleet.shared.errors import DataError, FedfleetError
 
 log = logging.getLogger("fedfleet")
 
@@ -54,12 +57,31 @@ def supernode_command(opts: JoinOptions) -> list[str]:
 
 
 def check_data(node: NodeData) -> str:
-    """Load the device's data once, so a bad path fails before joining; describe it."""
-    data = load_dataset(node.data_path, label_column=node.label_column,
-                        class_names=[n for n in node.class_names.split(",") if n] or None)
+    """Load the device's data once, so a bad path fails before joining; describe it.
+
+    The check runs in a short-lived ``fedfleet data`` process, so this long-lived
+    one never holds the dataset or numpy.
+
+    Raises
+    ------
+    DataError
+        With the loader's one-line reason.
+    """
+    cmd = [sys.executable, "-m", "fedfleet.shared", "data", node.data_path,
+           "--label-column", node.label_column, "--format", "json"]
+    if node.class_names:
+        cmd += ["--class-names", node.class_names]
+    done = subprocess.run(cmd, capture_output=True, text=True, check=False,
+                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    if done.returncode != 0:
+        lines = (done.stderr or done.stdout).strip().splitlines()
+        raise DataError(lines[-1].removeprefix("Error: ") if lines else
+                        f"cannot load {node.data_path}")
+    info = json.loads(done.stdout)
     part = (f", partition {node.partition_id} of {node.num_partitions}"
             if node.partition_id >= 0 else "")
-    return f"{data.source}: {len(data)} samples of shape {data.sample_shape}{part}"
+    return (f"{info['source']}: {info['samples']} samples of shape "
+            f"{tuple(info['sample_shape'])}{part}")
 
 
 def join(opts: JoinOptions) -> int:

@@ -8,86 +8,44 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
-from fedfleet.shared.constants import DEFAULT_DATASET, NUM_EXAMPLES_KEY
-from fedfleet.shared.data import fit_to_shape, load_dataset, partition, split_holdout
-from fedfleet.shared.errors import ConfigError, DataError
+from fedfleet.client.nodedata import NodeData
+from fedfleet.shared.constants import NUM_EXAMPLES_KEY
+from fedfleet.shared.errors import DataError
 from fedfleet.shared.settings import RunSettings
 from fedfleet.shared.weights import check_weights, specs_of
 
 log = logging.getLogger("fedfleet")
 
 
-@dataclass(frozen=True)
-class NodeData:
-    """Where this device's data is, from the SuperNode's ``--node-config``."""
+def load_node_data(node: NodeData, settings: RunSettings) -> tuple[np.ndarray, ...]:
+    """Load, partition, shape and split a node's data: ``x_tr, y_tr, x_ev, y_ev``.
 
-    data_path: str = DEFAULT_DATASET
-    partition_id: int = -1
-    num_partitions: int = 1
-    label_column: str = "label"
-    class_names: str = ""
+    Raises
+    ------
+    DataError
+        If the data is missing, unreadable, empty, or does not fit the model.
+    """
+    from fedfleet.shared.data import fit_to_shape, load_dataset, partition, split_holdout
 
-    @classmethod
-    def from_node_config(cls, config: Mapping[str, Any]) -> NodeData:
-        """Read the node config keys fedfleet uses (``data-path``, ``partition-id``, ...)."""
-        try:
-            return cls(
-                data_path=str(config.get("data-path", DEFAULT_DATASET)),
-                partition_id=int(config.get("partition-id", -1)),
-                num_partitions=int(config.get("num-partitions", 1)),
-                label_column=str(config.get("label-column", "label")),
-                class_names=str(config.get("class-names", "")),
-            )
-        except (TypeError, ValueError) as err:
-            raise ConfigError(f"bad node config {dict(config)}: {err}") from err
-
-    def to_node_config(self) -> str:
-        """Return the ``--node-config`` string (TOML values) for ``flower-supernode``."""
-        items: list[str] = [f"data-path={_toml_str(self.data_path)}"]
-        if self.partition_id >= 0:
-            items += [f"partition-id={self.partition_id}",
-                      f"num-partitions={self.num_partitions}"]
-        if self.label_column != "label":
-            items.append(f"label-column={_toml_str(self.label_column)}")
-        if self.class_names:
-            items.append(f"class-names={_toml_str(self.class_names)}")
-        return " ".join(items)
-
-    def load(self, settings: RunSettings) -> tuple[np.ndarray, ...]:
-        """Load, partition, shape and split the data: ``x_tr, y_tr, x_ev, y_ev``.
-
-        Raises
-        ------
-        DataError
-            If the data is missing, unreadable, empty, or does not fit the model.
-        """
-        names = [n.strip() for n in self.class_names.split(",") if n.strip()] or None
-        data = load_dataset(self.data_path, label_column=self.label_column,
-                            class_names=names)
-        data = fit_to_shape(data, settings.shape)
-        x, y = data.x, data.y
-        if self.partition_id >= 0:
-            idx = partition(y, self.partition_id, self.num_partitions,
-                            settings.partitioning, settings.dirichlet_alpha,
-                            settings.data_seed)
-            x, y = x[idx], y[idx]
-        if int(y.max()) >= settings.num_classes:
-            raise DataError(
-                f"{data.source}: label {int(y.max())} but the model has "
-                f"{settings.num_classes} classes; set the run's num-classes"
-            )
-        return split_holdout(x, y, settings.eval_fraction, settings.data_seed)
-
-
-def _toml_str(value: str) -> str:
-    escaped = value.replace("\\", "\\\\").replace('"', '\\"')
-    return f'"{escaped}"'
+    data = load_dataset(node.data_path, label_column=node.label_column,
+                        class_names=node.class_list)
+    data = fit_to_shape(data, settings.shape)
+    x, y = data.x, data.y
+    if node.partition_id >= 0:
+        idx = partition(y, node.partition_id, node.num_partitions, settings.partitioning,
+                        settings.dirichlet_alpha, settings.data_seed)
+        x, y = x[idx], y[idx]
+    if int(y.max()) >= settings.num_classes:
+        raise DataError(
+            f"{data.source}: label {int(y.max())} but the model has "
+            f"{settings.num_classes} classes; set the run's num-classes"
+        )
+    return split_holdout(x, y, settings.eval_fraction, settings.data_seed)
 
 
 class LocalTrainer:
@@ -106,7 +64,7 @@ class LocalTrainer:
         key = (settings.input_shape, settings.num_classes, settings.partitioning,
                settings.dirichlet_alpha, settings.data_seed, settings.eval_fraction)
         if key != self._data_key:
-            self._data = self.node.load(settings)
+            self._data = load_node_data(self.node, settings)
             self._data_key = key
         return self._data
 

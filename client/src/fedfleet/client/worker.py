@@ -7,7 +7,8 @@ compiled model, traced functions) per run. Runs never share a trainer, and only 
 newest few are kept. ``fedfleet join`` starts the worker and restarts it if it dies;
 a ClientApp that cannot reach it trains in its own process instead.
 
-Run it alone with ``python -m fedfleet.client.worker --socket PATH``.
+Run it alone with ``python -m fedfleet.client.worker --socket PATH``;
+:mod:`fedfleet.client.supervisor` keeps it running.
 """
 
 from __future__ import annotations
@@ -17,8 +18,6 @@ import logging
 import os
 import socket
 import socketserver
-import subprocess
-import sys
 import threading
 import time
 from collections import OrderedDict
@@ -29,8 +28,10 @@ from typing import Any
 import numpy as np
 
 from fedfleet.client import wire
-from fedfleet.client.training import LocalTrainer, NodeData
+from fedfleet.client.nodedata import NodeData
+from fedfleet.client.training import LocalTrainer
 from fedfleet.shared import errors
+from fedfleet.shared.process import peak_rss_mb
 from fedfleet.shared.settings import RunSettings
 
 log = logging.getLogger("fedfleet")
@@ -92,6 +93,7 @@ def serve(socket_path: Path, parent_pid: int | None = None) -> None:
                 return
             try:
                 reply, out = handle(pool, header, arrays)
+                reply["metrics"]["trainer_peak_rss_mb"] = peak_rss_mb()
             except errors.FedfleetError as err:
                 reply, out = {"ok": False, "error": type(err).__name__,
                               "message": str(err)}, []
@@ -147,59 +149,6 @@ def call(socket_path: Path, op: str, run_id: int, settings: dict[str, Any],
             kind = errors.FedfleetError
         raise kind(str(reply.get("message")))
     return reply, out
-
-
-class WorkerSupervisor:
-    """Runs the worker as a child process and restarts it when it exits."""
-
-    def __init__(self, socket_path: Path, env: dict[str, str]) -> None:
-        """Remember where the worker listens; call :meth:`start` to run it."""
-        self.socket_path = socket_path
-        self.env = env
-        self.restarts = 0
-        self._proc: subprocess.Popen[bytes] | None = None
-        self._stopping = threading.Event()
-        self._thread = threading.Thread(target=self._watch, daemon=True)
-
-    def start(self) -> None:
-        """Start the worker and a thread that restarts it (with backoff) if it dies."""
-        self._spawn()
-        self._thread.start()
-
-    def _spawn(self) -> None:
-        self._proc = subprocess.Popen(
-            [sys.executable, "-m", "fedfleet.client.worker", "--socket",
-             str(self.socket_path), "--parent-pid", str(os.getpid())],
-            env=self.env, start_new_session=True)
-
-    def _watch(self) -> None:
-        backoff = 1.0
-        while not self._stopping.wait(0.5):
-            if self._proc is not None and self._proc.poll() is not None:
-                log.warning("Trainer exited with code %s; restarting in %.0fs",
-                            self._proc.returncode, backoff)
-                if self._stopping.wait(backoff):
-                    return
-                self.restarts += 1
-                started = time.monotonic()
-                self._spawn()
-                backoff = 1.0 if time.monotonic() - started > 60 else min(backoff * 2, 30)
-
-    @property
-    def pid(self) -> int | None:
-        """Return the current worker's process ID."""
-        return self._proc.pid if self._proc is not None else None
-
-    def stop(self) -> None:
-        """Stop watching and end the worker."""
-        self._stopping.set()
-        if self._proc is not None and self._proc.poll() is None:
-            self._proc.terminate()
-            try:
-                self._proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self._proc.kill()
-        self.socket_path.unlink(missing_ok=True)
 
 
 def main(argv: list[str] | None = None) -> None:

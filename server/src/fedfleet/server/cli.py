@@ -73,6 +73,15 @@ RUN_OPTIONS: list[Callable[[Any], Any]] = [
                  help="Share of each client's data held out for its evaluation."),
     click.option("--eval-data", default=D.eval_data, show_default=True,
                  help="Server-side test set for centralized evaluation ('' for none)."),
+    click.option("--client-eval", type=click.Choice(["with-train", "separate"]),
+                 default=D.client_eval, show_default=True,
+                 help="with-train: clients score the global model at the start of the "
+                      "next train message (one message per round); separate: Flower's "
+                      "evaluate message every round."),
+    click.option("--compression", type=click.Choice(["none", "float16", "int8"]),
+                 default=D.compression, show_default=True,
+                 help="Send global weights as float16 and client updates as float16 "
+                      "or int8 (per-tensor scale)."),
     click.option("--round-timeout", type=click.FloatRange(min=1), default=D.round_timeout,
                  show_default=True, help="Seconds a round waits for client replies."),
     click.option("--client-wait-timeout", type=click.FloatRange(min=1),

@@ -6,6 +6,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import keras
 from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
 
@@ -50,6 +51,7 @@ def main(grid: Grid, context: Context) -> None:
     outputs = None
     if settings.output_dir:
         outputs = RunOutputs(Path(settings.output_dir) / f"run-{context.run_id}")
+    keras.utils.set_random_seed(settings.data_seed)  # same initial model for the same seed
     model = build_model(settings.model, settings.shape, settings.num_classes,
                         settings.learning_rate)
     weights = model.get_weights()

@@ -89,9 +89,11 @@ def cli(verbose: bool) -> None:
 @click.argument("path", default=DEFAULT_DATASET)
 @click.option("--label-column", default="label", show_default=True,
               help="CSV column holding the labels.")
+@click.option("--class-names", default="",
+              help="Comma-separated label order, for folder or text labels.")
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text",
               show_default=True, help="Output format.")
-def data_command(path: str, label_column: str, fmt: str) -> None:
+def data_command(path: str, label_column: str, class_names: str, fmt: str) -> None:
     """Check that a dataset loads, and show its size, shape and classes.
 
     PATH is a folder of class subfolders, a .csv file, an .npz file or
@@ -105,7 +107,8 @@ def data_command(path: str, label_column: str, fmt: str) -> None:
 
     from fedfleet.shared.data import load_dataset
 
-    data = load_dataset(path, label_column=label_column)
+    names = [n.strip() for n in class_names.split(",") if n.strip()] or None
+    data = load_dataset(path, label_column=label_column, class_names=names)
     classes, counts = np.unique(data.y, return_counts=True)
     per_class = {int(c): int(n) for c, n in zip(classes, counts, strict=True)}
     summary = {"source": data.source, "samples": len(data),

@@ -24,6 +24,13 @@ QUIET_FLOWER_ENV = {
 }
 
 
+def peak_rss_mb() -> float:
+    """Return this process's peak resident memory in MB (Linux ``ru_maxrss``)."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
 def flower_env(flwr_home: Path, extra: Mapping[str, str] | None = None) -> dict[str, str]:
     """Return the environment for a Flower process with its own ``FLWR_HOME``.
 
