@@ -137,8 +137,11 @@ class RunRecorder:
         row["eval_accuracy"] = sum(acc * n for _, _, acc, n in scores) / total
         by_node = {c["node_id"]: c for c in row["clients"]}
         for node, loss, acc, n in scores:
-            by_node.setdefault(node, {"node_id": node}).update(
-                {"eval_loss": loss, "eval_accuracy": acc, f"eval_{NUM_EXAMPLES_KEY}": n})
+            if node not in by_node:  # a client that missed that round's training
+                by_node[node] = {"node_id": node}
+                row["clients"].append(by_node[node])
+            by_node[node].update({"eval_loss": loss, "eval_accuracy": acc,
+                                  f"eval_{NUM_EXAMPLES_KEY}": n})
         self.save()
 
     def _metrics(self, msg: Message, phase: str) -> None:

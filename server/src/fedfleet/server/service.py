@@ -85,7 +85,7 @@ class RunFollower:
     run_id: int
     output_dir: Path
     on_line: Callable[[str], None] = print
-    status_every: float = 10.0
+    status_every: float = 30.0  # a `flwr ls` costs ~1 s of CPU; the metrics file is primary
     seen: int = field(default=0, init=False)
 
     def follow(self, alive: Callable[[], bool] = lambda: True) -> dict[str, Any]:
