@@ -23,7 +23,7 @@ from fedfleet.shared.compression import encode_update
 from fedfleet.shared.constants import ARRAYS_KEY, CONFIG_KEY, METRICS_KEY
 from fedfleet.shared.errors import VersionMismatchError
 from fedfleet.shared.logs import get_logger
-from fedfleet.shared.process import peak_rss_mb
+from fedfleet.shared.process import peak_rss_mb, process_started_at
 from fedfleet.shared.settings import RunSettings
 from fedfleet.shared.version import __version__, compatible
 
@@ -31,7 +31,7 @@ log = get_logger()
 
 app = ClientApp()
 
-_STARTED = time.monotonic()
+_HANDLER_ENTERED: dict[int, float] = {}
 
 
 @lru_cache(maxsize=4)
@@ -80,9 +80,19 @@ def _run(op: str, msg: Message, context: Context, settings: RunSettings,
     return {**trainer.evaluate(weights, settings), "warm": 0.0}, []
 
 
-def _with_timing(metrics: dict[str, Any]) -> dict[str, Any]:
-    """Add this process's age and peak memory (what each message costs the device)."""
-    metrics["clientapp_s"] = time.monotonic() - _STARTED
+def _with_timing(metrics: dict[str, Any], msg: Message) -> dict[str, Any]:
+    """Add where this message's time went on the device, and the process's memory.
+
+    ``queue_s``: message created on the server until this process started (delivery
+    polling and process launch); ``startup_s``: process start until the handler ran
+    (Python, Flower and fedfleet imports); ``handler_s``: the handler itself.
+    """
+    started = process_started_at()
+    now = time.time()
+    if started is not None:
+        metrics["queue_s"] = started - msg.metadata.created_at
+        metrics["startup_s"] = _HANDLER_ENTERED.get(id(msg), now) - started
+    metrics["handler_s"] = now - _HANDLER_ENTERED.pop(id(msg), now)
     metrics["clientapp_peak_rss_mb"] = peak_rss_mb()
     return metrics
 
@@ -90,6 +100,7 @@ def _with_timing(metrics: dict[str, Any]) -> dict[str, Any]:
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     """Train the received global model on this device's data."""
+    _HANDLER_ENTERED[id(msg)] = time.time()
     settings = _prepare(msg, context)
     config = msg.content.config_records.get(CONFIG_KEY)
     mu = config.get("proximal-mu", 0.0) if config is not None else 0.0  # set by FedProx
@@ -100,14 +111,15 @@ def train(msg: Message, context: Context) -> Message:
              metrics["train_time_s"], metrics["train_loss"])
     payload = encode_update(new, weights, settings.compression)
     content = RecordDict({ARRAYS_KEY: ArrayRecord(payload),
-                          METRICS_KEY: MetricRecord(_with_timing(metrics))})
+                          METRICS_KEY: MetricRecord(_with_timing(metrics, msg))})
     return Message(content=content, reply_to=msg)
 
 
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
     """Evaluate the received global model on this device's hold-out data."""
+    _HANDLER_ENTERED[id(msg)] = time.time()
     settings = _prepare(msg, context)
     metrics, _ = _run("evaluate", msg, context, settings, _received_weights(msg))
-    content = RecordDict({METRICS_KEY: MetricRecord(_with_timing(metrics))})
+    content = RecordDict({METRICS_KEY: MetricRecord(_with_timing(metrics, msg))})
     return Message(content=content, reply_to=msg)
