@@ -14,7 +14,8 @@ from click.testing import CliRunner
 from fedfleet.shared.cli import cli
 
 ROOT = Path(__file__).parents[1]
-COMMANDS = ["data", "join", "run", "runs", "server", "status"]
+COMMANDS = ["certs", "data", "join", "node-key", "nodes", "run", "runs", "server",
+            "status"]
 
 
 def test_all_commands_are_plugged_in() -> None:
@@ -56,6 +57,7 @@ def _free_port() -> int:
          "cannot import model module"),
         (["server", "--insecure", "--eval-data", "builtin:nope"], "unknown built-in"),
         (["data", "/no/such.csv"], "does not exist"),
+        (["server", "--insecure", "--node-auth"], "--node-auth needs TLS"),
     ],
 )
 def test_bad_input_is_one_line_and_nonzero(args: list[str], message: str) -> None:

@@ -93,3 +93,16 @@ def test_client_refuses_a_server_of_another_release() -> None:
     with pytest.raises(VersionMismatchError, match="server runs fedfleet 9.9.0"):
         _prepare(None, _Ctx(config))  # type: ignore[arg-type]
     assert _prepare(None, _Ctx(SETTINGS.to_run_config())) == SETTINGS  # type: ignore[arg-type]
+
+
+def test_supernode_refusals_are_explained() -> None:
+    """Known refusals in the SuperNode's output become one actionable sentence."""
+    from fedfleet.client.node import explain
+
+    assert "fedfleet nodes register" in str(explain(
+        "ERROR : [code: 2004] Failed to activate SuperNode.\n"))
+    assert "--node-key" in str(explain("x\n[code: 2001] SuperNode authentication is on"))
+    assert "revoked" in str(explain(
+        "httpx.HTTPStatusError: Client error '401 Unauthorized' for url "
+        "'http://s:8000/v1/fleet/send-node-heartbeat'"))
+    assert explain("all fine\n") is None

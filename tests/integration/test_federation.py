@@ -7,79 +7,28 @@ process group, and all are killed at the end whatever happens.
 from __future__ import annotations
 
 import json
-import os
-import signal
-import socket
 import subprocess
-import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
+from fleet_helpers import Fleet, free_port
 
 pytestmark = pytest.mark.integration
 
-FEDFLEET = str(Path(sys.executable).parent / "fedfleet")
 RUN_TIMEOUT = 900
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-class Fleet:
-    """Starts fedfleet processes and guarantees they are gone afterwards."""
-
-    def __init__(self, workdir: Path) -> None:
-        self.workdir = workdir
-        self.procs: list[subprocess.Popen[bytes]] = []
-
-    def start(self, name: str, *args: str) -> subprocess.Popen[bytes]:
-        log = (self.workdir / f"{name}.log").open("wb")
-        proc = subprocess.Popen([FEDFLEET, *args], cwd=self.workdir, stdout=log,
-                                stderr=subprocess.STDOUT, start_new_session=True,
-                                env={**os.environ, "FLWR_TELEMETRY_ENABLED": "0"})
-        self.procs.append(proc)
-        return proc
-
-    def log(self, name: str) -> str:
-        return (self.workdir / f"{name}.log").read_text(errors="replace")
-
-    def close(self) -> None:
-        for proc in self.procs:
-            for sig in (signal.SIGTERM, signal.SIGKILL):
-                try:
-                    os.killpg(proc.pid, sig)
-                except ProcessLookupError:
-                    break
-                try:
-                    proc.wait(timeout=10)
-                    break
-                except subprocess.TimeoutExpired:
-                    continue
-
-
-@pytest.fixture
-def fleet(tmp_path: Path) -> Iterator[Fleet]:
-    """Yield a place to start processes; all are killed at teardown."""
-    f = Fleet(tmp_path)
-    yield f
-    f.close()
 
 
 def test_three_clients_train_the_digits_model(fleet: Fleet, tmp_path: Path) -> None:
     """Three non-IID clients, three rounds: accuracy far above chance and rising."""
-    port = _free_port()
+    port = free_port()
     server = fleet.start(
         "server", "server", "--insecure", "--port", str(port), "--rounds", "3",
         "--min-clients", "3", "--exit-when-done", "--state-dir", "state",
         "--output-dir", "out", "--client-wait-timeout", "240")
     for i in range(3):
         fleet.start(f"client{i}", "join", "--insecure", "--server", f"127.0.0.1:{port}",
-                    "--partition", f"{i}/3", "--runtime-port", str(_free_port()),
+                    "--partition", f"{i}/3", "--runtime-port", str(free_port()),
                     "--home", f"client{i}", "--connect-timeout", "60")
     try:
         code = server.wait(timeout=RUN_TIMEOUT)
@@ -113,7 +62,7 @@ def test_three_clients_train_the_digits_model(fleet: Fleet, tmp_path: Path) -> N
 
 def test_server_without_enough_clients_stops_in_bounded_time(fleet: Fleet) -> None:
     """Nobody joins: the run fails with a one-line reason and a non-zero exit."""
-    port = _free_port()
+    port = free_port()
     server = fleet.start(
         "server", "server", "--insecure", "--port", str(port), "--min-clients", "2",
         "--exit-when-done", "--state-dir", "state", "--output-dir", "out",

@@ -32,6 +32,10 @@ from fedfleet.shared.options import ADDRESS, PARTITION
 @click.option("--root-certificates", type=click.Path(exists=True, dir_okay=False,
               path_type=Path), default=None,
               help="CA certificate that signed the server's certificate.")
+@click.option("--node-key", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              default=None,
+              help="This device's private key (from 'fedfleet node-key'), for servers "
+                   "that admit registered devices only.")
 @click.option("--runtime-port", type=click.IntRange(1, 65535), default=SUPERNODE_PORT,
               show_default=True,
               help="Local port of the SuperNode's Runtime API (one per node on a host).")
@@ -45,8 +49,8 @@ from fedfleet.shared.options import ADDRESS, PARTITION
               help="Directory for the node's Flower state (FLWR_HOME).")
 def join(server: str, data_path: str, partition: tuple[int, int] | None,
          label_column: str, class_names: str, insecure: bool,
-         root_certificates: Path | None, runtime_port: int, connect_timeout: float,
-         warm_trainer: bool, home: Path) -> None:
+         root_certificates: Path | None, node_key: Path | None, runtime_port: int,
+         connect_timeout: float, warm_trainer: bool, home: Path) -> None:
     """Join this device to a fedfleet server and train on local data.
 
     The data never leaves the device; only model weights and metrics do. The
@@ -62,6 +66,32 @@ def join(server: str, data_path: str, partition: tuple[int, int] | None,
     node = NodeData(data_path=data_path, partition_id=index, num_partitions=total,
                     label_column=label_column, class_names=class_names)
     opts = JoinOptions(server=server, node=node, home=home, insecure=insecure,
-                       root_certificates=root_certificates, runtime_port=runtime_port,
+                       root_certificates=root_certificates, node_key=node_key,
+                       runtime_port=runtime_port,
                        connect_timeout=connect_timeout, warm_trainer=warm_trainer)
     sys.exit(run_join(opts))
+
+
+@click.command("node-key")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path),
+              default=Path.home() / ".fedfleet" / "node-key", show_default=True,
+              help="Private key file; the public key goes next to it as .pub.")
+@click.option("--force", is_flag=True,
+              help="Replace an existing key (the device gets a new identity).")
+def node_key(out: Path, force: bool) -> None:
+    """Create this device's key pair and print the public key for the operator.
+
+    The operator registers the public key with 'fedfleet nodes register'; the
+    device then joins with --node-key.
+
+    \b
+    Example:
+        fedfleet node-key --out /etc/fedfleet/node-key
+        fedfleet join --server fl.example.org:8000 --root-certificates ca.crt \\
+            --node-key /etc/fedfleet/node-key --data /data
+    """
+    from fedfleet.client.keys import create_node_key  # cryptography: only when needed
+
+    public = create_node_key(out, force=force)
+    click.echo(public)
+    click.echo(f"private key: {out} (mode 600); public key: {out}.pub", err=True)

@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
@@ -29,6 +30,7 @@ class JoinOptions:
     home: Path
     insecure: bool = False
     root_certificates: Path | None = None
+    node_key: Path | None = None
     runtime_port: int = 9094
     connect_timeout: float = 120.0
     warm_trainer: bool = True
@@ -53,6 +55,8 @@ def supernode_command(opts: JoinOptions) -> list[str]:
         cmd.append("--insecure")
     elif opts.root_certificates is not None:
         cmd += ["--root-certificates", str(opts.root_certificates)]
+    if opts.node_key is not None:
+        cmd += ["--auth-supernode-private-key", str(opts.node_key)]
     return cmd
 
 
@@ -112,9 +116,50 @@ def join(opts: JoinOptions) -> int:
             trainer.stop()
 
 
+REFUSALS: tuple[tuple[tuple[str, ...], str], ...] = (
+    (("code: 2001",), "the server admits registered devices only: create a key with "
+                   "'fedfleet node-key', have the operator register it, and pass --node-key"),
+    (("code: 2004",), "this device's key is not registered on the server: ask the operator "
+                   "to run 'fedfleet nodes register <key>.pub'"),
+    (("401", "register-node"), "the server refused the signed request: this device's clock is "
+                          "probably ahead of the server's; enable NTP"),
+    (("401", "heartbeat"), "the server no longer knows this node: it was revoked "
+                      "('fedfleet nodes revoke') or the server lost its state"),
+    (("CERTIFICATE_VERIFY_FAILED",), "the server's certificate does not verify: pass the CA "
+                                  "that signed it with --root-certificates"),
+    (("Connection reset by peer",), "the server closed the connection: it probably requires "
+                                 "TLS (--root-certificates instead of --insecure)"),
+)
+"""Words that appear together on a line of the SuperNode's output, and what they mean
+for the person at the device."""
+
+
+def explain(output_tail: str) -> str | None:
+    """Return the explanation for the first known refusal in ``output_tail``."""
+    lines = output_tail.splitlines()
+    for markers, meaning in REFUSALS:
+        if any(all(m in line for m in markers) for line in lines):
+            return meaning
+    return None
+
+
 def _run_supernode(opts: JoinOptions, env: dict[str, str]) -> int:
-    child = process.start(supernode_command(opts), env)
+    child = subprocess.Popen(supernode_command(opts), env=env, stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True, errors="replace",
+                             start_new_session=True)
     log.info("Joined %s; SuperNode running as pid %d", opts.server, child.pid)
+    tail: list[str] = []
+
+    def echo() -> None:  # pass the SuperNode's output through, keep the last lines
+        assert child.stdout is not None
+        for line in child.stdout:
+            sys.stdout.write(line)
+            sys.stdout.flush()
+            tail.append(line)
+            del tail[:-200]
+
+    reader = threading.Thread(target=echo, daemon=True)
+    reader.start()
 
     def forward(signum: int, _frame: FrameType | None) -> None:
         child.send_signal(signum)
@@ -122,7 +167,13 @@ def _run_supernode(opts: JoinOptions, env: dict[str, str]) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, forward)
     code = child.wait()
+    reader.join(timeout=5)
     process.stop(child)
-    if code not in (0, -signal.SIGTERM, -signal.SIGINT):
+    if code in (-signal.SIGTERM, -signal.SIGINT):
+        return 0
+    meaning = explain("".join(tail))
+    if meaning:
+        raise FedfleetError(f"the server refused this device: {meaning}")
+    if code != 0:
         raise FedfleetError(f"the SuperNode exited with code {code}; see its log above")
     return 0

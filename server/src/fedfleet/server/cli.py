@@ -9,6 +9,7 @@ from typing import Any
 
 import click
 
+from fedfleet.server.certs import create_certificates
 from fedfleet.server.control import Control
 from fedfleet.server.outputs import read_metrics
 from fedfleet.server.recorder import round_line
@@ -152,14 +153,17 @@ DIR = click.Path(file_okay=False, path_type=Path)
 @click.option("--ssl-ca-certfile", type=FILE, help="CA certificate (PEM).")
 @click.option("--ssl-certfile", type=FILE, help="Server certificate (PEM).")
 @click.option("--ssl-keyfile", type=FILE, help="Server private key (PEM).")
+@click.option("--node-auth", is_flag=True,
+              help="Admit only devices whose keys were registered with 'fedfleet nodes "
+                   "register' (needs TLS).")
 @click.option("--no-run", is_flag=True, help="Only serve; submit runs with 'fedfleet run'.")
 @click.option("--exit-when-done", is_flag=True,
               help="Stop the server once the run has finished.")
 @run_options
 def server(host: str, port: int, state_dir: Path, output_dir: Path, insecure: bool,
            ssl_ca_certfile: Path | None, ssl_certfile: Path | None,
-           ssl_keyfile: Path | None, no_run: bool, exit_when_done: bool,
-           **run_settings: Any) -> None:
+           ssl_keyfile: Path | None, node_auth: bool, no_run: bool,
+           exit_when_done: bool, **run_settings: Any) -> None:
     """Start the server: a SuperLink, and a training run followed round by round.
 
     Clients join with 'fedfleet join'. Every round is written to
@@ -175,9 +179,12 @@ def server(host: str, port: int, state_dir: Path, output_dir: Path, insecure: bo
             --strategy-param proximal_mu=0.1
     """
     ssl = tls_files(insecure, ssl_ca_certfile, ssl_certfile, ssl_keyfile)
+    if node_auth and ssl is None:
+        raise click.UsageError("--node-auth needs TLS: drop --insecure and pass the "
+                               "--ssl-* files (create them with 'fedfleet certs')")
     settings = settings_from(run_settings, output_dir)
     opts = ServerOptions(host=host, port=port, state_dir=state_dir, insecure=insecure,
-                         ssl_files=ssl)
+                         ssl_files=ssl, node_auth=node_auth)
     superlink = start_superlink(opts)
     try:
         if not no_run:
@@ -297,3 +304,94 @@ def status(run_id: int, server: str, insecure: bool, root_certificates: Path | N
         click.echo(f"error: {record['error']}")
 
 
+
+
+@click.command("certs")
+@click.option("--out", type=DIR, default=Path("certificates"), show_default=True,
+              help="Directory for ca.crt, ca.key, server.pem and server.key.")
+@click.option("--host", "hosts", multiple=True,
+              help="Name or IP address devices use to reach the server (repeatable). "
+                   "localhost, 127.0.0.1, ::1 and 'server' are always included.")
+@click.option("--days", type=click.IntRange(min=1), default=365, show_default=True,
+              help="Validity of both certificates.")
+@click.option("--force", is_flag=True, help="Replace existing certificates.")
+def certs(out: Path, hosts: tuple[str, ...], days: int, force: bool) -> None:
+    """Create a private CA and the server's TLS certificate.
+
+    Keys are written readable by their owner only. Give every device ca.crt;
+    keep ca.key offline.
+
+    \b
+    Example:
+        fedfleet certs --host fl.example.org --host 192.168.1.10
+        fedfleet server --host 0.0.0.0 --ssl-ca-certfile certificates/ca.crt \\
+            --ssl-certfile certificates/server.pem --ssl-keyfile certificates/server.key
+    """
+    paths = create_certificates(out, hosts, days=days, force=force)
+    click.echo(f"wrote {paths.ca_cert}, {paths.server_cert} and their keys (mode 600)")
+    click.echo(f"devices need {paths.ca_cert}: fedfleet join --root-certificates ca.crt")
+
+
+@click.group("nodes")
+def nodes() -> None:
+    """Register, list and revoke the devices allowed to join (server --node-auth).
+
+    \b
+    Example:
+        fedfleet nodes register edge-1.pub --name edge-1
+        fedfleet nodes list
+        fedfleet nodes revoke 11686828081510409264
+    """
+
+
+@nodes.command("register")
+@click.argument("public_key", type=FILE)
+@click.option("--name", default=None, help="A name for the device.")
+@connection_options
+def nodes_register(public_key: Path, name: str | None, server: str, insecure: bool,
+                   root_certificates: Path | None, state_dir: Path) -> None:
+    """Allow the device whose public key is PUBLIC_KEY to join.
+
+    \b
+    Example:
+        fedfleet nodes register edge-1.pub --name edge-1 --root-certificates ca.crt
+    """
+    node_id = _control(server, insecure, root_certificates, state_dir).register_node(
+        public_key, name)
+    click.echo(f"registered node {node_id}")
+
+
+@nodes.command("list")
+@connection_options
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table",
+              show_default=True, help="Output format.")
+def nodes_list(server: str, insecure: bool, root_certificates: Path | None,
+               state_dir: Path, fmt: str) -> None:
+    """List registered devices and whether they are online.
+
+    \b
+    Example:
+        fedfleet nodes list --root-certificates ca.crt
+    """
+    rows = _control(server, insecure, root_certificates, state_dir).nodes()
+    if fmt == "json":
+        click.echo(json.dumps(rows, indent=1))
+        return
+    click.echo(f"{'NODE ID':<22} {'STATUS':<12} ONLINE SINCE")
+    for row in rows:
+        click.echo(f"{row['node-id']:<22} {row['status']:<12} {row.get('online-at') or ''}")
+
+
+@nodes.command("revoke")
+@click.argument("node_id", type=int)
+@connection_options
+def nodes_revoke(node_id: int, server: str, insecure: bool,
+                 root_certificates: Path | None, state_dir: Path) -> None:
+    """Remove a device: it is refused at its next heartbeat (within ~30 s).
+
+    \b
+    Example:
+        fedfleet nodes revoke 11686828081510409264 --root-certificates ca.crt
+    """
+    _control(server, insecure, root_certificates, state_dir).revoke_node(node_id)
+    click.echo(f"revoked node {node_id}")

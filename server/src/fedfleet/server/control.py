@@ -72,6 +72,21 @@ class Control:
             raise FedfleetError(f"the server has no run {run_id}")
         return dict(rows[0])
 
+    def register_node(self, public_key: Path, name: str | None = None) -> int:
+        """Register a device's public key; return its node ID."""
+        args = ["supernode", "register", str(public_key), CONNECTION]
+        if name:
+            args += ["--name", name]
+        return int(self._flwr(*args)["node-id"])
+
+    def nodes(self) -> list[dict[str, Any]]:
+        """Return the registered nodes with their status."""
+        return list(self._flwr("supernode", "list", CONNECTION)["nodes"])
+
+    def revoke_node(self, node_id: int) -> None:
+        """Unregister a node: it is refused at its next heartbeat."""
+        self._flwr("supernode", "unregister", str(node_id), CONNECTION)
+
     def stop(self, run_id: int) -> None:
         """Stop a run."""
         self._flwr("stop", str(run_id), CONNECTION)

@@ -28,6 +28,7 @@ class ServerOptions:
     state_dir: Path = Path("fedfleet-state")
     insecure: bool = True
     ssl_files: tuple[Path, Path, Path] | None = None  # ca.crt, server.pem, server.key
+    node_auth: bool = False
     startup_timeout: float = 60.0
 
     @property
@@ -55,6 +56,8 @@ def superlink_command(opts: ServerOptions) -> list[str]:
         ca, cert, key = opts.ssl_files
         cmd += ["--ssl-ca-certfile", str(ca), "--ssl-certfile", str(cert),
                 "--ssl-keyfile", str(key)]
+    if opts.node_auth:
+        cmd.append("--enable-supernode-auth")
     return cmd
 
 

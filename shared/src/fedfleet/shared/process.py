@@ -80,7 +80,13 @@ def health_url(address: str, tls: bool) -> str:
 
 
 def probe(address: str, tls: bool, ca_file: Path | None, timeout: float = 3.0) -> str | None:
-    """Ask the SuperLink's ``/health`` once; return None when healthy, else the reason."""
+    """Ask the SuperLink's ``/health`` once; return None when healthy, else the reason.
+
+    Raises
+    ------
+    FedfleetError
+        When retrying cannot help: the certificate does not verify.
+    """
     context = None
     if tls:
         context = ssl.create_default_context(cafile=str(ca_file) if ca_file else None)
@@ -92,7 +98,19 @@ def probe(address: str, tls: bool, ca_file: Path | None, timeout: float = 3.0) -
         return f"HTTP {err.code}"
     except (urllib.error.URLError, OSError) as err:
         reason = getattr(err, "reason", err)
-        return str(reason)
+        if isinstance(reason, ssl.SSLCertVerificationError):
+            hint = ("give the CA that signed the server's certificate with "
+                    "--root-certificates" if "issuer" in str(reason) else
+                    "the address must be one of the certificate's names (fedfleet certs "
+                    "--host)")
+            raise FedfleetError(f"the server at {address} failed TLS verification "
+                                f"({reason.verify_message}): {hint}") from None
+        text = str(reason)
+        if not tls and ("Remote end closed" in text or "reset" in text.lower()):
+            text += "; the server may require TLS: use --root-certificates, not --insecure"
+        if tls and "WRONG_VERSION_NUMBER" in text:
+            text += "; the server speaks plain HTTP: it was started with --insecure"
+        return text
 
 
 def wait_healthy(
