@@ -37,7 +37,7 @@ def test_existing_key_is_kept_unless_forced(tmp_path: Path) -> None:
 
 
 def test_node_key_command_prints_the_public_key(tmp_path: Path) -> None:
-    """stdout carries only the public key, ready to paste or pipe."""
+    """Only the public key goes to stdout, ready to paste or pipe."""
     result = CliRunner().invoke(cli, ["node-key", "--out", str(tmp_path / "k")])
     assert result.exit_code == 0
     assert result.stdout.startswith("ecdsa-sha2-nistp384 ")

@@ -24,8 +24,9 @@ class _Health(http.server.BaseHTTPRequestHandler):
         pass
 
 
-def _serve(tls: CertificatePaths | None) -> tuple[http.server.HTTPServer, int]:
-    server = http.server.HTTPServer(("127.0.0.1", 0), _Health)
+def _serve(tls: CertificatePaths | None, host: str = "127.0.0.1"
+           ) -> tuple[http.server.HTTPServer, int]:
+    server = http.server.HTTPServer((host, 0), _Health)
     if tls is not None:
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         context.load_cert_chain(tls.server_cert, tls.server_key)
@@ -36,13 +37,13 @@ def _serve(tls: CertificatePaths | None) -> tuple[http.server.HTTPServer, int]:
 
 @pytest.fixture
 def certs(tmp_path: Path) -> CertificatePaths:
-    """A CA and server certificate for loopback."""
+    """Create a CA and a server certificate for loopback."""
     return create_certificates(tmp_path / "good", [])
 
 
 @pytest.fixture
 def tls_port(certs: CertificatePaths) -> Iterator[int]:
-    """A TLS health endpoint on 127.0.0.1."""
+    """Serve a TLS health endpoint on 127.0.0.1; yield its port."""
     server, port = _serve(certs)
     yield port
     server.shutdown()
@@ -60,10 +61,14 @@ def test_wrong_ca_fails_at_once_with_the_fix(tmp_path: Path, tls_port: int) -> N
         probe(f"127.0.0.1:{tls_port}", True, other.ca_cert)
 
 
-def test_address_outside_the_certificate(certs: CertificatePaths, tls_port: int) -> None:
+def test_address_outside_the_certificate(certs: CertificatePaths) -> None:
     """An address the certificate does not name points to 'fedfleet certs --host'."""
-    with pytest.raises(FedfleetError, match="fedfleet certs --host"):
-        probe(f"127.0.0.2:{tls_port}", True, certs.ca_cert)
+    server, port = _serve(certs, host="127.0.0.2")  # loopback, but not in the SANs
+    try:
+        with pytest.raises(FedfleetError, match="fedfleet certs --host"):
+            probe(f"127.0.0.2:{port}", True, certs.ca_cert)
+    finally:
+        server.shutdown()
 
 
 def test_plaintext_client_is_told_about_tls(tls_port: int) -> None:

@@ -13,6 +13,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from fedfleet.shared.errors import FedfleetError
 
@@ -99,10 +100,10 @@ def probe(address: str, tls: bool, ca_file: Path | None, timeout: float = 3.0) -
     except (urllib.error.URLError, OSError) as err:
         reason = getattr(err, "reason", err)
         if isinstance(reason, ssl.SSLCertVerificationError):
-            hint = ("give the CA that signed the server's certificate with "
-                    "--root-certificates" if "issuer" in str(reason) else
-                    "the address must be one of the certificate's names (fedfleet certs "
-                    "--host)")
+            hint = ("the address must be one of the certificate's names (fedfleet certs "
+                    "--host)" if "mismatch" in str(reason.verify_message) else
+                    "give the CA that signed the server's certificate with "
+                    "--root-certificates")
             raise FedfleetError(f"the server at {address} failed TLS verification "
                                 f"({reason.verify_message}): {hint}") from None
         text = str(reason)
@@ -155,7 +156,7 @@ def start(cmd: Sequence[str], env: Mapping[str, str], log_file: Path | None = No
             out.close()
 
 
-def stop(process: subprocess.Popen[bytes], grace: float = 10.0) -> None:
+def stop(process: subprocess.Popen[Any], grace: float = 10.0) -> None:
     """Stop a process started by :func:`start` and everything it spawned."""
     if process.poll() is not None:
         return
