@@ -35,6 +35,7 @@ def test_registered_device_trains_over_tls_and_strangers_are_refused(
     stranger = fleet.start("stranger", "join", *connection, "--node-key", "stranger",
                            "--runtime-port", str(free_port()), "--home", "s")
     assert stranger.wait(timeout=120) != 0
+    assert "key is not registered on the server" in fleet.log("stranger")
     fleet.start("edge", "join", *connection, "--node-key", "edge-1",
                 "--runtime-port", str(free_port()), "--home", "e")
     run = cli(tmp_path, "run", *connection, "--rounds", "1", "--min-clients", "1",
@@ -49,3 +50,4 @@ def test_registered_device_trains_over_tls_and_strangers_are_refused(
     insecure = fleet.start("plaintext", "join", "--server", f"127.0.0.1:{port}",
                            "--insecure", "--connect-timeout", "5", "--home", "p")
     assert insecure.wait(timeout=60) != 0
+    assert "the server may require TLS" in fleet.log("plaintext")
