@@ -14,7 +14,7 @@ from click.testing import CliRunner
 from fedfleet.shared.cli import cli
 
 ROOT = Path(__file__).parents[1]
-COMMANDS = ["certs", "data", "join", "node-key", "nodes", "run", "runs", "server",
+COMMANDS = ["certs", "data", "doctor", "join", "node-key", "nodes", "run", "runs", "server",
             "status"]
 
 

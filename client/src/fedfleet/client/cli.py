@@ -95,3 +95,41 @@ def node_key(out: Path, force: bool) -> None:
     public = create_node_key(out, force=force)
     click.echo(public)
     click.echo(f"private key: {out} (mode 600); public key: {out}.pub", err=True)
+
+
+@click.command("doctor")
+@click.option("--server", type=ADDRESS, default=f"127.0.0.1:{SUPERLINK_PORT}",
+              show_default=True, help="The fedfleet server's address.")
+@click.option("--insecure", is_flag=True, help="The server runs without TLS.")
+@click.option("--root-certificates", type=click.Path(exists=True, dir_okay=False,
+              path_type=Path), default=None,
+              help="CA certificate that signed the server's certificate.")
+@click.option("--node-key", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="This device's private key (from 'fedfleet node-key').")
+@click.option("--data", "data_path", default=DEFAULT_DATASET, show_default=True,
+              help="This device's data.")
+@click.option("--label-column", default="label", show_default=True,
+              help="CSV column holding the labels.")
+def doctor(server: str, insecure: bool, root_certificates: Path | None,
+           node_key: Path | None, data_path: str, label_column: str) -> None:
+    """Check everything 'fedfleet join' needs, and say how to fix what fails.
+
+    Checks the server is reachable, its certificate chain and name, the clock
+    offset against the server, the node key, and that the data loads.
+
+    \b
+    Example:
+        fedfleet doctor --server fl.example.org:8000 --root-certificates ca.crt \\
+            --node-key /etc/fedfleet/node-key --data /data
+    """
+    from fedfleet.client.doctor import run_checks
+
+    checks = run_checks(server, insecure, root_certificates, node_key,
+                        NodeData(data_path=data_path, label_column=label_column))
+    for check in checks:
+        click.echo(f"{'PASS' if check.ok else 'FAIL'}  {check.name}: {check.detail}")
+        if not check.ok and check.fix:
+            click.echo(f"      fix: {check.fix}")
+    failed = [c.name for c in checks if not c.ok]
+    if failed:
+        raise click.ClickException(f"{len(failed)} check(s) failed: {', '.join(failed)}")
