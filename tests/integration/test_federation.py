@@ -72,3 +72,24 @@ def test_server_without_enough_clients_stops_in_bounded_time(fleet: Fleet) -> No
     assert code == 1, output
     assert "only 0 of the 2 clients needed were connected after 5s" in output
     assert "Traceback" not in output
+
+
+def test_sigterm_stops_the_superlink_too(fleet: Fleet) -> None:
+    """SIGTERM to 'fedfleet server' (as docker stop sends) leaves no SuperLink behind."""
+    import os
+    import signal
+    import time
+
+    from fedfleet.shared.process import probe
+
+    port = free_port()
+    server = fleet.start("server", "server", "--insecure", "--port", str(port),
+                         "--no-run", "--state-dir", "state")
+    deadline = time.monotonic() + 60
+    while probe(f"127.0.0.1:{port}", False, None) is not None:
+        assert time.monotonic() < deadline, fleet.log("server")
+        time.sleep(0.5)
+    os.kill(server.pid, signal.SIGTERM)  # the process only, not its group
+    assert server.wait(timeout=30) != 0
+    time.sleep(1)
+    assert probe(f"127.0.0.1:{port}", False, None) is not None  # nobody answers now

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import signal
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -185,6 +187,9 @@ def server(host: str, port: int, state_dir: Path, output_dir: Path, insecure: bo
     settings = settings_from(run_settings, output_dir)
     opts = ServerOptions(host=host, port=port, state_dir=state_dir, insecure=insecure,
                          ssl_files=ssl, node_auth=node_auth)
+    # `docker stop`, systemd and process managers send SIGTERM: leave via `finally` so
+    # the SuperLink (its own process group) is stopped too.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     superlink = start_superlink(opts)
     try:
         if not no_run:
