@@ -25,6 +25,7 @@ class WorkerSupervisor:
         self.env = env
         self.restarts = 0
         self._proc: subprocess.Popen[bytes] | None = None
+        self._started_at = 0.0
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._watch, daemon=True)
 
@@ -34,6 +35,7 @@ class WorkerSupervisor:
         self._thread.start()
 
     def _spawn(self) -> None:
+        self._started_at = time.monotonic()
         self._proc = subprocess.Popen(
             [sys.executable, "-m", "fedfleet.client.worker", "--socket",
              str(self.socket_path), "--parent-pid", str(os.getpid())],
@@ -43,14 +45,16 @@ class WorkerSupervisor:
         backoff = 1.0
         while not self._stopping.wait(0.5):
             if self._proc is not None and self._proc.poll() is not None:
+                # A worker that ran a while before dying restarts at once; one that
+                # keeps dying right after start is retried ever more slowly (<= 30 s).
+                lived = time.monotonic() - self._started_at
+                backoff = 1.0 if lived > 60 else min(backoff * 2, 30.0)
                 log.warning("Trainer exited with code %s; restarting in %.0fs",
                             self._proc.returncode, backoff)
                 if self._stopping.wait(backoff):
                     return
                 self.restarts += 1
-                started = time.monotonic()
                 self._spawn()
-                backoff = 1.0 if time.monotonic() - started > 60 else min(backoff * 2, 30)
 
     @property
     def pid(self) -> int | None:

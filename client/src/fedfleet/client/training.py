@@ -6,7 +6,6 @@ long-lived process can serve many rounds without reloading either.
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -18,8 +17,6 @@ from fedfleet.shared.constants import NUM_EXAMPLES_KEY
 from fedfleet.shared.errors import DataError
 from fedfleet.shared.settings import RunSettings
 from fedfleet.shared.weights import check_weights, specs_of
-
-log = logging.getLogger("fedfleet")
 
 
 def load_node_data(node: NodeData, settings: RunSettings) -> tuple[np.ndarray, ...]:

@@ -157,7 +157,7 @@ class RunRecorder:
                                        "error": text})
         log.warning("Round %s %s: node %s: %s", self.current["round"], phase, node, text)
 
-    def aggregated(self, phase: str, metrics: MetricRecord | None) -> None:
+    def aggregated(self, metrics: MetricRecord | None) -> None:
         """Keep the strategy's aggregated train or evaluate metrics."""
         for key, value in dict(metrics or {}).items():
             if key in ("train_loss", "train_accuracy", "eval_loss", "eval_accuracy",
@@ -269,7 +269,7 @@ class RecordingMixin:
         if not accepted:
             return None, None
         arrays, metrics = super().aggregate_train(server_round, accepted)  # type: ignore[misc]
-        self.recorder.aggregated("train", metrics)
+        self.recorder.aggregated(metrics)
         return arrays, metrics
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord,
@@ -295,5 +295,5 @@ class RecordingMixin:
         if not ok:
             return None
         metrics = super().aggregate_evaluate(server_round, ok)  # type: ignore[misc]
-        self.recorder.aggregated("evaluate", metrics)
+        self.recorder.aggregated(metrics)
         return metrics  # type: ignore[no-any-return]

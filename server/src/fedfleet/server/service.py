@@ -76,6 +76,9 @@ def start_superlink(opts: ServerOptions) -> subprocess.Popen[bytes]:
         tail = log_file.read_text(errors="replace").strip().splitlines()[-1:] \
             if log_file.exists() else []
         raise FedfleetError(f"{err}{': ' + tail[0] if tail else ''}") from None
+    except BaseException:  # Ctrl-C or SIGTERM while starting: don't orphan the SuperLink
+        process.stop(child)
+        raise
     log.info("SuperLink listening on %s:%d (log: %s)", opts.host, opts.port, log_file)
     return child
 
