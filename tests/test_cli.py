@@ -14,7 +14,7 @@ from click.testing import CliRunner
 from fedfleet.shared.cli import cli
 
 ROOT = Path(__file__).parents[1]
-COMMANDS = ["certs", "data", "doctor", "join", "node-key", "nodes", "run", "runs", "server",
+COMMANDS = ["certs", "data", "doctor", "join", "node-key", "nodes", "run", "runs", "secrets", "server",
             "status"]
 
 
@@ -50,7 +50,9 @@ def _free_port() -> int:
         (["join", "--partition", "3/3", "--insecure"], "0 <= I < N"),
         (["join", "--server", "http://x:8000"], "without a scheme"),
         (["join", "--data", "/no/such/dir", "--insecure"], "does not exist"),
-        (["server"], "pass --insecure"),
+        (["server", "--tls-dir", "/no/such/tls"], "TLS is on by default, and /no/such/tls/ca.crt"),
+        (["join", "--node-key", "/no/such/key"], "no node key at /no/such/key: create one"),
+        (["nodes", "register", "/no/such.pub"], "/no/such.pub does not exist"),
         (["server", "--insecure", "--strategy-param", "foo=1"],
          "fedavg has no parameter 'foo'"),
         (["server", "--insecure", "--model", "nomodule_q:build"],

@@ -13,8 +13,8 @@ import pytest
 from click.testing import CliRunner
 
 from fedfleet.client.doctor import check_clock, check_node_key
-from fedfleet.client.keys import create_node_key
 from fedfleet.shared.cli import cli
+from fedfleet.shared.keys import create_node_key
 
 
 def _handler(offset: float) -> type[http.server.BaseHTTPRequestHandler]:

@@ -13,6 +13,8 @@ from fedfleet.client.nodedata import NodeData
 from fedfleet.shared.constants import DEFAULT_DATASET, SUPERLINK_PORT, SUPERNODE_PORT
 from fedfleet.shared.options import ADDRESS, PARTITION
 
+DEFAULT_NODE_KEY = Path.home() / ".fedfleet" / "node-key"
+
 
 @click.command("join")
 @click.option("--server", type=ADDRESS, default=f"127.0.0.1:{SUPERLINK_PORT}",
@@ -27,15 +29,18 @@ from fedfleet.shared.options import ADDRESS, PARTITION
               help="CSV column holding the labels.")
 @click.option("--class-names", default="",
               help="Comma-separated label order, for folder or text labels.")
-@click.option("--insecure", is_flag=True,
-              help="Talk to the server over plain HTTP (local experiments only).")
 @click.option("--root-certificates", type=click.Path(exists=True, dir_okay=False,
               path_type=Path), default=None,
-              help="CA certificate that signed the server's certificate.")
-@click.option("--node-key", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              default=None,
-              help="This device's private key (from 'fedfleet node-key'), for servers "
-                   "that admit registered devices only.")
+              help="CA certificate that signed the server's certificate "
+                   "[default: the system's CA store]")
+@click.option("--node-key", type=click.Path(dir_okay=False, path_type=Path),
+              default=DEFAULT_NODE_KEY, show_default=True,
+              help="This device's private key (from 'fedfleet node-key'); its public "
+                   "key must be registered on the server.")
+@click.option("--no-node-key", is_flag=True,
+              help="Join without a key (servers started with --no-node-auth).")
+@click.option("--insecure", is_flag=True,
+              help="Plain HTTP and no node key: local experiments only.")
 @click.option("--runtime-port", type=click.IntRange(1, 65535), default=SUPERNODE_PORT,
               show_default=True,
               help="Local port of the SuperNode's Runtime API (one per node on a host).")
@@ -48,33 +53,49 @@ from fedfleet.shared.options import ADDRESS, PARTITION
               default=Path.home() / ".fedfleet" / "client", show_default=True,
               help="Directory for the node's Flower state (FLWR_HOME).")
 def join(server: str, data_path: str, partition: tuple[int, int] | None,
-         label_column: str, class_names: str, insecure: bool,
-         root_certificates: Path | None, node_key: Path | None, runtime_port: int,
+         label_column: str, class_names: str, root_certificates: Path | None,
+         node_key: Path, no_node_key: bool, insecure: bool, runtime_port: int,
          connect_timeout: float, warm_trainer: bool, home: Path) -> None:
     """Join this device to a fedfleet server and train on local data.
 
     The data never leaves the device; only model weights and metrics do. The
-    command runs until stopped (Ctrl-C) or until the server removes the node.
+    connection uses TLS and the device signs in with its node key (create it
+    with 'fedfleet node-key' and have the operator register the public key).
+    The command runs until stopped (Ctrl-C) or until the server removes the node.
 
     \b
     Example:
-        fedfleet join --server fl.example.org:8000 --data /data/images \\
-            --root-certificates ca.crt
+        fedfleet node-key
+        fedfleet join --server fl.example.org:8000 --root-certificates ca.crt \\
+            --data /data/images
         fedfleet join --server 127.0.0.1:8000 --partition 0/3 --insecure
     """
+    key = key_to_use(node_key, no_node_key, insecure)
     index, total = partition if partition is not None else (-1, 1)
     node = NodeData(data_path=data_path, partition_id=index, num_partitions=total,
                     label_column=label_column, class_names=class_names)
     opts = JoinOptions(server=server, node=node, home=home, insecure=insecure,
-                       root_certificates=root_certificates, node_key=node_key,
+                       root_certificates=root_certificates, node_key=key,
                        runtime_port=runtime_port,
                        connect_timeout=connect_timeout, warm_trainer=warm_trainer)
     sys.exit(run_join(opts))
 
 
+def key_to_use(node_key: Path, no_node_key: bool, insecure: bool) -> Path | None:
+    """Return the node key to sign in with: on by default, off with --insecure."""
+    if no_node_key or (insecure and node_key == DEFAULT_NODE_KEY):
+        return None
+    if not node_key.is_file():
+        raise click.UsageError(
+            f"no node key at {node_key}: create one with 'fedfleet node-key --out "
+            f"{node_key}' and have the operator register {node_key}.pub ('fedfleet nodes "
+            "register'), or pass --no-node-key if the server runs without node auth")
+    return node_key
+
+
 @click.command("node-key")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path),
-              default=Path.home() / ".fedfleet" / "node-key", show_default=True,
+              default=DEFAULT_NODE_KEY, show_default=True,
               help="Private key file; the public key goes next to it as .pub.")
 @click.option("--force", is_flag=True,
               help="Replace an existing key (the device gets a new identity).")
@@ -90,7 +111,7 @@ def node_key(out: Path, force: bool) -> None:
         fedfleet join --server fl.example.org:8000 --root-certificates ca.crt \\
             --node-key /etc/fedfleet/node-key --data /data
     """
-    from fedfleet.client.keys import create_node_key  # cryptography: only when needed
+    from fedfleet.shared.keys import create_node_key  # cryptography: only when needed
 
     public = create_node_key(out, force=force)
     click.echo(public)
@@ -104,14 +125,15 @@ def node_key(out: Path, force: bool) -> None:
 @click.option("--root-certificates", type=click.Path(exists=True, dir_okay=False,
               path_type=Path), default=None,
               help="CA certificate that signed the server's certificate.")
-@click.option("--node-key", type=click.Path(dir_okay=False, path_type=Path), default=None,
+@click.option("--node-key", type=click.Path(dir_okay=False, path_type=Path),
+              default=DEFAULT_NODE_KEY, show_default=True,
               help="This device's private key (from 'fedfleet node-key').")
 @click.option("--data", "data_path", default=DEFAULT_DATASET, show_default=True,
               help="This device's data.")
 @click.option("--label-column", default="label", show_default=True,
               help="CSV column holding the labels.")
 def doctor(server: str, insecure: bool, root_certificates: Path | None,
-           node_key: Path | None, data_path: str, label_column: str) -> None:
+           node_key: Path, data_path: str, label_column: str) -> None:
     """Check everything 'fedfleet join' needs, and say how to fix what fails.
 
     Checks the server is reachable, its certificate chain and name, the clock
@@ -124,7 +146,8 @@ def doctor(server: str, insecure: bool, root_certificates: Path | None,
     """
     from fedfleet.client.doctor import run_checks
 
-    checks = run_checks(server, insecure, root_certificates, node_key,
+    key = None if insecure and not node_key.exists() else node_key
+    checks = run_checks(server, insecure, root_certificates, key,
                         NodeData(data_path=data_path, label_column=label_column))
     for check in checks:
         click.echo(f"{'PASS' if check.ok else 'FAIL'}  {check.name}: {check.detail}")

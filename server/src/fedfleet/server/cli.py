@@ -18,6 +18,7 @@ from fedfleet.server.recorder import round_line
 from fedfleet.server.service import (
     RunFollower,
     ServerOptions,
+    register_authorized_keys,
     start_superlink,
     summary,
 )
@@ -122,20 +123,41 @@ def settings_from(options: dict[str, Any], output_dir: Path) -> RunSettings:
     return settings
 
 
-def tls_files(insecure: bool, ca: Path | None, cert: Path | None, key: Path | None
-              ) -> tuple[Path, Path, Path] | None:
-    """Check that exactly one of --insecure and the three TLS files was given."""
-    given = [p for p in (ca, cert, key) if p is not None]
-    if insecure and given:
-        raise click.UsageError("--insecure and --ssl-* files exclude each other")
-    if insecure:
-        return None
-    if len(given) != 3 or ca is None or cert is None or key is None:
-        raise click.UsageError(
-            "TLS needs --ssl-ca-certfile, --ssl-certfile and --ssl-keyfile; for a local "
-            "experiment without encryption pass --insecure")
-    return ca, cert, key
+def tls_files(insecure: bool, tls_dir: Path, ca: Path | None, cert: Path | None,
+              key: Path | None) -> tuple[Path, Path, Path] | None:
+    """Return the CA, certificate and key to serve with, or None with --insecure.
 
+    TLS is on unless --insecure: each file comes from its --ssl-* option or TLS_DIR.
+    """
+    if insecure:
+        if any(p is not None for p in (ca, cert, key)):
+            raise click.UsageError("--insecure and --ssl-* files exclude each other")
+        return None
+    files = (ca or tls_dir / "ca.crt", cert or tls_dir / "server.pem",
+             key or tls_dir / "server.key")
+    missing = [p for p in files if not p.is_file()]
+    if missing:
+        raise click.UsageError(
+            f"TLS is on by default, and {missing[0]} does not exist: create certificates "
+            f"with 'fedfleet certs --out {tls_dir} --host <name devices use>' (or point "
+            "--tls-dir / --ssl-* at yours); --insecure runs without TLS, for local "
+            "experiments only")
+    return files
+
+
+INSECURE_WARNING = (
+    "WARNING: --insecure: plain HTTP, no device authentication, and anyone who can reach "
+    "this port can submit runs that execute code here and on every device. Use it for "
+    "local experiments only.")
+
+
+def warn_insecure() -> None:
+    """Print the loud --insecure warning to stderr."""
+    click.secho(INSECURE_WARNING, fg="yellow", bold=True, err=True)
+
+
+DEFAULT_CA = "certificates/ca.crt"
+"""Where 'fedfleet certs' puts the CA by default; the admin commands look there."""
 
 FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
 DIR = click.Path(file_okay=False, path_type=Path)
@@ -150,24 +172,35 @@ DIR = click.Path(file_okay=False, path_type=Path)
               show_default=True, help="SuperLink database, logs and CLI settings.")
 @click.option("--output-dir", type=DIR, default=Path("outputs"), show_default=True,
               help="Where each run writes run-<id>/ with metrics and models.")
+@click.option("--tls-dir", type=DIR, default=Path("certificates"), show_default=True,
+              help="Folder with ca.crt, server.pem and server.key (from 'fedfleet certs').")
+@click.option("--ssl-ca-certfile", type=FILE, help="CA certificate [default: TLS_DIR/ca.crt]")
+@click.option("--ssl-certfile", type=FILE,
+              help="Server certificate [default: TLS_DIR/server.pem]")
+@click.option("--ssl-keyfile", type=FILE,
+              help="Server private key [default: TLS_DIR/server.key]")
+@click.option("--node-auth/--no-node-auth", default=None,
+              help="Admit only devices whose keys are registered ('fedfleet nodes "
+                   "register' or --authorized-keys)  [default: on with TLS]")
+@click.option("--authorized-keys", type=click.Path(exists=True, file_okay=False,
+              path_type=Path), default=None,
+              help="Folder of device public keys (NAME.pub) to register on start; a key "
+                   "is registered once, so a revoked one stays out.")
 @click.option("--insecure", is_flag=True,
-              help="Serve plain HTTP without TLS (local experiments only).")
-@click.option("--ssl-ca-certfile", type=FILE, help="CA certificate (PEM).")
-@click.option("--ssl-certfile", type=FILE, help="Server certificate (PEM).")
-@click.option("--ssl-keyfile", type=FILE, help="Server private key (PEM).")
-@click.option("--node-auth", is_flag=True,
-              help="Admit only devices whose keys were registered with 'fedfleet nodes "
-                   "register' (needs TLS).")
+              help="Plain HTTP and no node authentication: local experiments only.")
 @click.option("--no-run", is_flag=True, help="Only serve; submit runs with 'fedfleet run'.")
 @click.option("--exit-when-done", is_flag=True,
               help="Stop the server once the run has finished.")
 @run_options
-def server(host: str, port: int, state_dir: Path, output_dir: Path, insecure: bool,
+def server(host: str, port: int, state_dir: Path, output_dir: Path, tls_dir: Path,
            ssl_ca_certfile: Path | None, ssl_certfile: Path | None,
-           ssl_keyfile: Path | None, node_auth: bool, no_run: bool,
+           ssl_keyfile: Path | None, node_auth: bool | None,
+           authorized_keys: Path | None, insecure: bool, no_run: bool,
            exit_when_done: bool, **run_settings: Any) -> None:
     """Start the server: a SuperLink, and a training run followed round by round.
 
+    TLS and node authentication are on by default: the certificates come from
+    TLS_DIR ('fedfleet certs') and only devices whose keys are registered may join.
     Clients join with 'fedfleet join'. Every round is written to
     OUTPUT_DIR/run-<id>/ (metrics.json, metrics.csv, checkpoints/), and the final
     model to final_model.keras. The server keeps serving after the run unless
@@ -175,15 +208,17 @@ def server(host: str, port: int, state_dir: Path, output_dir: Path, insecure: bo
 
     \b
     Example:
-        fedfleet server --host 0.0.0.0 --insecure --rounds 10 --min-clients 3
-        fedfleet server --host 0.0.0.0 --ssl-ca-certfile ca.crt \\
-            --ssl-certfile server.pem --ssl-keyfile server.key --strategy fedprox \\
-            --strategy-param proximal_mu=0.1
+        fedfleet certs --host fl.example.org
+        fedfleet server --host 0.0.0.0 --authorized-keys devices/ --rounds 20
+        fedfleet server --insecure --rounds 3 --min-clients 2   # local experiment
     """
-    ssl = tls_files(insecure, ssl_ca_certfile, ssl_certfile, ssl_keyfile)
-    if node_auth and ssl is None:
-        raise click.UsageError("--node-auth needs TLS: drop --insecure and pass the "
-                               "--ssl-* files (create them with 'fedfleet certs')")
+    ssl = tls_files(insecure, tls_dir, ssl_ca_certfile, ssl_certfile, ssl_keyfile)
+    if ssl is None:
+        if node_auth:
+            raise click.UsageError("--node-auth needs TLS: drop --insecure (create "
+                                   "certificates with 'fedfleet certs')")
+        warn_insecure()
+    node_auth = ssl is not None if node_auth is None else node_auth
     settings = settings_from(run_settings, output_dir)
     opts = ServerOptions(host=host, port=port, state_dir=state_dir, insecure=insecure,
                          ssl_files=ssl, node_auth=node_auth)
@@ -192,6 +227,10 @@ def server(host: str, port: int, state_dir: Path, output_dir: Path, insecure: bo
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     superlink = start_superlink(opts)
     try:
+        if authorized_keys is not None:
+            for line in register_authorized_keys(opts.control(), authorized_keys,
+                                                 state_dir):
+                click.echo(line)
         if not no_run:
             _submit_and_follow(opts.control(), settings, state_dir, output_dir,
                                alive=lambda: superlink.poll() is None)
@@ -223,7 +262,9 @@ def connection_options(func: Callable[..., Any]) -> Callable[..., Any]:
                      show_default=True, help="The SuperLink (from the server host)."),
         click.option("--insecure", is_flag=True, help="The server runs without TLS."),
         click.option("--root-certificates", type=FILE, default=None,
-                     help="CA certificate of the server's TLS certificate."),
+                     envvar="FEDFLEET_ROOT_CERTIFICATES",
+                     help="CA certificate of the server's TLS certificate "
+                          "[default: certificates/ca.crt if present, else the system's]"),
         click.option("--state-dir", type=DIR, default=Path("fedfleet-state"),
                      show_default=True, help="Where the CLI keeps its settings."),
     ]):
@@ -233,6 +274,8 @@ def connection_options(func: Callable[..., Any]) -> Callable[..., Any]:
 
 def _control(server: str, insecure: bool, root_certificates: Path | None,
              state_dir: Path) -> Control:
+    if not insecure and root_certificates is None and Path(DEFAULT_CA).is_file():
+        root_certificates = Path(DEFAULT_CA)
     return Control(server, state_dir / "cli", insecure=insecure,
                    root_certificates=root_certificates)
 
@@ -250,7 +293,8 @@ def run(server: str, insecure: bool, root_certificates: Path | None, state_dir: 
 
     \b
     Example:
-        fedfleet run --insecure --rounds 20 --strategy fedmedian
+        fedfleet run --rounds 20 --strategy fedmedian
+        docker compose exec server fedfleet run --rounds 5
     """
     control = _control(server, insecure, root_certificates, state_dir)
     settings = settings_from(run_settings, output_dir)
@@ -270,7 +314,8 @@ def runs(server: str, insecure: bool, root_certificates: Path | None, state_dir:
 
     \b
     Example:
-        fedfleet runs --insecure
+        fedfleet runs
+        docker compose exec server fedfleet runs
     """
     rows = _control(server, insecure, root_certificates, state_dir).runs()
     if fmt == "json":
@@ -293,7 +338,7 @@ def status(run_id: int, server: str, insecure: bool, root_certificates: Path | N
 
     \b
     Example:
-        fedfleet status 4830312951876347621 --insecure
+        fedfleet status 4830312951876347621
     """
     row = _control(server, insecure, root_certificates, state_dir).run(run_id)
     click.echo(f"run {run_id}: {row['status']}"
@@ -339,7 +384,7 @@ def certs(out: Path, hosts: tuple[str, ...], days: int, force: bool) -> None:
 
 @click.group("nodes")
 def nodes() -> None:
-    """Register, list and revoke the devices allowed to join (server --node-auth).
+    """Register, list and revoke the devices allowed to join.
 
     \b
     Example:
@@ -350,17 +395,25 @@ def nodes() -> None:
 
 
 @nodes.command("register")
-@click.argument("public_key", type=FILE)
+@click.argument("public_key", type=click.Path(allow_dash=True, dir_okay=False,
+                                              path_type=Path))
 @click.option("--name", default=None, help="A name for the device.")
 @connection_options
 def nodes_register(public_key: Path, name: str | None, server: str, insecure: bool,
                    root_certificates: Path | None, state_dir: Path) -> None:
-    """Allow the device whose public key is PUBLIC_KEY to join.
+    """Allow the device whose public key is PUBLIC_KEY ('-' for stdin) to join.
 
     \b
     Example:
-        fedfleet nodes register edge-1.pub --name edge-1 --root-certificates ca.crt
+        fedfleet nodes register edge-1.pub --name edge-1
+        docker compose exec -T server fedfleet nodes register - --name edge-1 < edge-1.pub
     """
+    if str(public_key) == "-":
+        state_dir.mkdir(parents=True, exist_ok=True)
+        public_key = state_dir / "incoming.pub"
+        public_key.write_text(sys.stdin.read(), encoding="utf-8")
+    elif not public_key.is_file():
+        raise click.BadParameter(f"{public_key} does not exist", param_hint="PUBLIC_KEY")
     node_id = _control(server, insecure, root_certificates, state_dir).register_node(
         public_key, name)
     click.echo(f"registered node {node_id}")
@@ -376,7 +429,8 @@ def nodes_list(server: str, insecure: bool, root_certificates: Path | None,
 
     \b
     Example:
-        fedfleet nodes list --root-certificates ca.crt
+        fedfleet nodes list
+        docker compose exec server fedfleet nodes list
     """
     rows = _control(server, insecure, root_certificates, state_dir).nodes()
     if fmt == "json":
@@ -396,7 +450,38 @@ def nodes_revoke(node_id: int, server: str, insecure: bool,
 
     \b
     Example:
-        fedfleet nodes revoke 11686828081510409264 --root-certificates ca.crt
+        fedfleet nodes revoke 11686828081510409264
     """
     _control(server, insecure, root_certificates, state_dir).revoke_node(node_id)
     click.echo(f"revoked node {node_id}")
+
+
+@click.command("secrets")
+@click.argument("folder", type=DIR)
+@click.option("--clients", type=click.IntRange(min=0), default=3, show_default=True,
+              help="Demo clients to make node keys for (client-1 ... client-N).")
+@click.option("--host", "hosts", multiple=True,
+              help="Extra name or IP in the server certificate (repeatable); localhost, "
+                   "loopback, 'server' and 'gateway' are always in.")
+@click.option("--owner", type=int, default=None,
+              help="Give the files to this UID (when run as root for containers).")
+def secrets(folder: Path, clients: int, hosts: tuple[str, ...], owner: int | None) -> None:
+    """Create the CA, server certificate and demo node keys of a compose fleet.
+
+    One folder per service, each mounted read-only into its container only:
+    ca/ (the CA, mounted nowhere), server/ (certificate, key, authorized-keys/)
+    and client-N/ (ca.crt and its node key). Existing files are kept, so it is
+    safe to run on every start; delete FOLDER/server to reissue the certificate.
+
+    \b
+    Example:
+        fedfleet secrets ./secrets --clients 3 --host fl.example.org
+    """
+    from fedfleet.server.fleet_secrets import create_fleet_secrets
+
+    names = [f"client-{i}" for i in range(1, clients + 1)]
+    made = create_fleet_secrets(folder, names, [*hosts, "gateway"], owner=owner)
+    for path in made.created:
+        click.echo(f"created {path}")
+    if made.kept:
+        click.echo(f"kept {len(made.kept)} existing file(s) in {folder}")

@@ -10,9 +10,9 @@ from click.testing import CliRunner
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from fedfleet.client.keys import create_node_key
 from fedfleet.shared.cli import cli
 from fedfleet.shared.errors import ConfigError
+from fedfleet.shared.keys import create_node_key
 
 
 def test_key_is_ecdsa_openssh_and_owner_only(tmp_path: Path) -> None:
