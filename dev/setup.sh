@@ -10,6 +10,7 @@ cd "$(dirname "$0")/.."
 ROOT=$PWD
 WHAT=${1:-all}
 BASE_IMAGE=${FEDFLEET_BASE_IMAGE:-python:3.11-slim-bookworm}
+DEBIAN_IMAGE=${FEDFLEET_DEBIAN_IMAGE:-debian:bookworm-slim}  # the gateway's base
 SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
 
 say() { printf '[setup] %s\n' "$*"; }
@@ -76,10 +77,18 @@ setup_base_image() {
   $SUDO rm -rf "$dir"
 }
 
+setup_debian_image() {
+  if docker image inspect "$DEBIAN_IMAGE" >/dev/null 2>&1; then return; fi
+  if timeout 120 docker pull -q "$DEBIAN_IMAGE" >/dev/null 2>&1; then return; fi
+  # No registry: the Python stand-in above is a Debian bookworm root file system too.
+  say "no registry for $DEBIAN_IMAGE: tagging the local bookworm stand-in"
+  docker tag "$BASE_IMAGE" "$DEBIAN_IMAGE"
+}
+
 case "$WHAT" in
   python) setup_python ;;
-  docker) start_dockerd; setup_compose; setup_base_image ;;
-  all) setup_python; start_dockerd; setup_compose; setup_base_image ;;
+  docker) start_dockerd; setup_compose; setup_base_image; setup_debian_image ;;
+  all) setup_python; start_dockerd; setup_compose; setup_base_image; setup_debian_image ;;
   *) say "usage: $0 [all|docker|python]"; exit 2 ;;
 esac
 say "ready ($WHAT)"

@@ -225,12 +225,15 @@ def server(host: str, port: int, state_dir: Path, output_dir: Path, tls_dir: Pat
     # `docker stop`, systemd and process managers send SIGTERM: leave via `finally` so
     # the SuperLink (its own process group) is stopped too.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
+    ready = state_dir / "ready"  # for healthchecks: the server is up and keys registered
+    ready.unlink(missing_ok=True)
     superlink = start_superlink(opts)
     try:
         if authorized_keys is not None:
             for line in register_authorized_keys(opts.control(), authorized_keys,
                                                  state_dir):
                 click.echo(line)
+        ready.touch()
         if not no_run:
             _submit_and_follow(opts.control(), settings, state_dir, output_dir,
                                alive=lambda: superlink.poll() is None)
@@ -243,6 +246,7 @@ def server(host: str, port: int, state_dir: Path, output_dir: Path, tls_dir: Pat
     except KeyboardInterrupt:
         click.echo("Stopping.")
     finally:
+        ready.unlink(missing_ok=True)
         process.stop(superlink)
 
 
@@ -461,8 +465,9 @@ def nodes_revoke(node_id: int, server: str, insecure: bool,
 @click.option("--clients", type=click.IntRange(min=0), default=3, show_default=True,
               help="Demo clients to make node keys for (client-1 ... client-N).")
 @click.option("--host", "hosts", multiple=True,
-              help="Extra name or IP in the server certificate (repeatable); localhost, "
-                   "loopback, 'server' and 'gateway' are always in.")
+              help="Extra names or IPs in the server certificate (repeatable or "
+                   "comma-separated); localhost, loopback, 'server' and 'gateway' are "
+                   "always in.")
 @click.option("--owner", type=int, default=None,
               help="Give the files to this UID (when run as root for containers).")
 def secrets(folder: Path, clients: int, hosts: tuple[str, ...], owner: int | None) -> None:
@@ -480,7 +485,8 @@ def secrets(folder: Path, clients: int, hosts: tuple[str, ...], owner: int | Non
     from fedfleet.server.fleet_secrets import create_fleet_secrets
 
     names = [f"client-{i}" for i in range(1, clients + 1)]
-    made = create_fleet_secrets(folder, names, [*hosts, "gateway"], owner=owner)
+    extra = [h.strip() for arg in hosts for h in arg.split(",") if h.strip()]
+    made = create_fleet_secrets(folder, names, [*extra, "gateway"], owner=owner)
     for path in made.created:
         click.echo(f"created {path}")
     if made.kept:

@@ -1,8 +1,9 @@
 """Container health probes: ``python -m fedfleet.shared.health server|client``.
 
-``server`` asks the local SuperLink's ``/health`` (HTTP or HTTPS; a liveness probe on
-loopback, so the certificate is not verified). ``client`` checks that the local
-SuperNode's Runtime API port accepts connections.
+``server [PORT [READY_FILE]]`` asks the local SuperLink's ``/health`` (HTTP or HTTPS; a
+liveness probe on loopback, so the certificate is not verified) and, if given, checks
+that ``fedfleet server`` has written READY_FILE (authorized keys registered).
+``client`` checks that the local SuperNode's Runtime API port accepts connections.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import socket
 import ssl
 import sys
 import urllib.request
+from pathlib import Path
 
 from fedfleet.shared.constants import SUPERLINK_PORT, SUPERNODE_PORT
 
@@ -44,7 +46,8 @@ def main(argv: list[str]) -> int:
     role = argv[1] if len(argv) > 1 else "server"
     port = int(argv[2]) if len(argv) > 2 else None
     if role == "server":
-        return 0 if server_healthy(port or SUPERLINK_PORT) else 1
+        ready = len(argv) <= 3 or Path(argv[3]).exists()
+        return 0 if ready and server_healthy(port or SUPERLINK_PORT) else 1
     return 0 if client_healthy(port or SUPERNODE_PORT) else 1
 
 
