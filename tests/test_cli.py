@@ -32,6 +32,36 @@ def test_every_command_has_help_with_an_example(name: str) -> None:
     assert "Example:" in result.output and f"fedfleet {name}" in result.output
 
 
+def _commands() -> list[tuple[str, click.Command]]:
+    ctx = click.Context(cli)
+    found = []
+    for name in COMMANDS:
+        command = cli.get_command(ctx, name)  # type: ignore[attr-defined]
+        assert command is not None
+        subs = getattr(command, "commands", {})
+        found += [(f"{name}_{sub}", c) for sub, c in subs.items()] or [(name, command)]
+    return found
+
+
+@pytest.mark.parametrize(("path", "command"), _commands())
+def test_every_option_reads_the_documented_environment_variable(
+        path: str, command: click.Command) -> None:
+    """--some-option of 'fedfleet cmd' is FEDFLEET_CMD_SOME_OPTION, as the group's help says."""
+    for param in command.params:
+        if isinstance(param, click.Option) and param.name != "help":
+            flag = max(param.opts, key=len).lstrip("-").replace("-", "_")
+            assert param.name == flag, f"{path}: {param.opts} reads " \
+                f"FEDFLEET_{path.upper()}_{str(param.name).upper()}"
+
+
+def test_an_environment_variable_sets_a_run_option() -> None:
+    """FEDFLEET_SERVER_ROUNDS reaches --rounds (compose relies on it)."""
+    result = CliRunner().invoke(cli, ["server", "--insecure"],
+                                env={"FEDFLEET_SERVER_ROUNDS": "0"})
+    assert result.exit_code == 2
+    assert "Invalid value for '--rounds'" in result.output
+
+
 @pytest.mark.parametrize("name", COMMANDS)
 def test_readme_documents_every_command(name: str) -> None:
     """Each command appears in the README."""

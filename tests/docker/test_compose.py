@@ -1,4 +1,4 @@
-"""Build both images and run the default `docker compose up` for real.
+"""Build the images and run the default, secure `docker compose up` for real.
 
 Needs a Docker engine with the Compose plugin and the base image (``dev/setup.sh``
 provides all three). When Docker is missing the tests are skipped, unless
@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
+import tarfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -71,7 +73,8 @@ def stack(images: None, tmp_path: Path) -> Iterator[tuple[str, dict[str, str], P
     project = f"fedfleet-e2e-{uuid.uuid4().hex[:8]}"
     outputs = tmp_path / "outputs"
     outputs.mkdir()
-    env = {"FEDFLEET_OUTPUT_DIR": str(outputs), "FEDFLEET_PORT": str(_free_port())}
+    env = {"FEDFLEET_OUTPUT_DIR": str(outputs), "FEDFLEET_PORT": str(_free_port()),
+           "FEDFLEET_SECRETS_DIR": str(tmp_path / "secrets")}
     try:
         yield project, env, outputs
     finally:
@@ -81,7 +84,11 @@ def stack(images: None, tmp_path: Path) -> Iterator[tuple[str, dict[str, str], P
 
 def test_default_compose_run_trains_a_useful_model(
         stack: tuple[str, dict[str, str], Path]) -> None:
-    """`docker compose up` trains the default run; every round and the model land."""
+    """`docker compose up` trains over TLS with node auth; the edge reaches only the Fleet.
+
+    Every round and the final model land; from a device container the control plane
+    is refused and bad joins get their one-line reasons.
+    """
     project, env, outputs = stack
     up = _compose(project, env, "up", "--detach", "--no-build", timeout=600)
     assert up.returncode == 0, up.stderr
@@ -118,7 +125,94 @@ def test_default_compose_run_trains_a_useful_model(
     status = _compose(project, env, "ps", "--format", "json", timeout=60).stdout
     states = [json.loads(line) for line in status.splitlines() if line.strip()]
     health = {s["Service"]: s.get("Health", "") for s in states}
-    assert health.get("server") == "healthy", health
+    assert health.get("server") == "healthy" and health.get("gateway") == "healthy", health
+    _check_edge_network_is_fleet_only(project, env)
+    _check_refusals_from_a_device(project, env)
+
+
+FLWR_CONFIG = ("mkdir -p /tmp/admin && printf '[superlink]\\ndefault = \"x\"\\n"
+               "[superlink.x]\\naddress = \"gateway:8000\"\\nroot-certificates = "
+               "\"/run/secrets/fedfleet/ca.crt\"\\n' > /tmp/admin/config.toml && ")
+
+
+def _in_client(project: str, env: dict[str, str], script: str
+               ) -> subprocess.CompletedProcess[str]:
+    return _compose(project, env, "exec", "-T", "-e", "FLWR_HOME=/tmp/admin", "client-1",
+                    "sh", "-c", FLWR_CONFIG + script, timeout=180)
+
+
+def _check_edge_network_is_fleet_only(project: str, env: dict[str, str]) -> None:
+    """From a device, Flower's own CLI can't list or submit runs or register nodes."""
+    for script in ("flwr ls --format json",
+                   "flwr supernode register /run/secrets/fedfleet/node.key.pub "
+                   "--format json",
+                   "flwr run /nonexistent --format json"):
+        done = _in_client(project, env, script)
+        assert done.returncode != 0, done.stdout
+        if "run /nonexistent" not in script:
+            assert "403 Forbidden" in done.stdout, done.stdout
+    probe = ("python -c \"import socket\ntry:\n socket.create_connection(('server', 8000), "
+             "3)\n print('reached')\nexcept OSError as e:\n print('unreachable', e)\"")
+    assert "unreachable" in _in_client(project, env, probe).stdout
+    # ... while on the server host (inside the server container) admin works.
+    runs = _compose(project, env, "exec", "-T", "server", "fedfleet", "runs",
+                    "--format", "json", timeout=120)
+    assert runs.returncode == 0 and "finished:completed" in runs.stdout, runs.stderr
+
+
+def _check_refusals_from_a_device(project: str, env: dict[str, str]) -> None:
+    """Plaintext and key-less joins get one-line reasons; the gateway logs the key."""
+    join = ("fedfleet join --server gateway:8000 --connect-timeout 20 --home /tmp/j "
+            "--runtime-port 9300 ")
+    plain = _in_client(project, env, join + "--insecure")
+    assert plain.returncode != 0
+    assert "requires TLS (plain HTTP was sent to its HTTPS port)" in plain.stderr, \
+        plain.stderr
+    keyless = _in_client(project, env, join + "--root-certificates "
+                         "/run/secrets/fedfleet/ca.crt --no-node-key")
+    assert keyless.returncode != 0
+    assert "the server admits registered devices only" in keyless.stderr, keyless.stderr
+    gateway = _compose(project, env, "logs", "--no-color", "gateway", timeout=60).stdout
+    refused = [line for line in gateway.splitlines() if '/v1/fleet/' in line
+               and '" 40' in line]
+    assert refused and 'node-key="LS0t' in refused[-1], gateway[-3000:]
+
+
+def test_images_hold_no_private_key(images: None, tmp_path: Path) -> None:
+    """No layer of any image holds a key file or a PEM/OpenSSH private key of ours.
+
+    Third-party packages ship well-known test vectors (pycryptodome's self-tests), so
+    key blocks are looked for outside site-packages and system libraries; key-like
+    file names are looked for everywhere.
+    """
+    archive = tmp_path / "images.tar"
+    subprocess.run(["docker", "save", "-o", str(archive), "fedfleet-server:0.1.0",
+                    "fedfleet-client:0.1.0", "fedfleet-gateway:0.1.0"], check=True,
+                   timeout=600)
+    key_block = re.compile(rb"-----BEGIN [A-Z ]*PRIVATE KEY-----\s+[A-Za-z0-9+/=\s]{64,}")
+    third_party = ("site-packages/", "usr/lib/", "usr/share/", "usr/include/")
+    key_names = re.compile(r"(^|/)(node-key|node\.key|ca\.key|server\.key|.*\.pem)$")
+    found = []
+    with tarfile.open(archive) as outer:
+        for member in outer.getmembers():
+            handle = outer.extractfile(member) if member.isfile() else None
+            if handle is None or not member.name.endswith((".tar", "layer.tar")) \
+                    and "blobs/" not in member.name:
+                continue
+            try:
+                layer = tarfile.open(fileobj=handle)
+            except tarfile.ReadError:
+                continue  # a config or manifest blob, not a layer
+            for item in layer:
+                if not item.isfile():
+                    continue
+                if key_names.search(item.name) and "site-packages/" not in item.name:
+                    found.append(item.name)
+                elif not any(p in item.name for p in third_party) and item.size < 10**7:
+                    data = layer.extractfile(item)
+                    if data is not None and key_block.search(data.read()):
+                        found.append(item.name)
+    assert found == [], found
 
 
 def _image_run(image: str, *args: str) -> subprocess.CompletedProcess[str]:
@@ -129,7 +223,8 @@ def _image_run(image: str, *args: str) -> subprocess.CompletedProcess[str]:
 
 def test_images_run_as_non_root_and_hold_only_their_side(images: None) -> None:
     """Both images run as 'app'; the client image has no server code and vice versa."""
-    for image in ("fedfleet-server:0.1.0", "fedfleet-client:0.1.0"):
+    for image in ("fedfleet-server:0.1.0", "fedfleet-client:0.1.0",
+                  "fedfleet-gateway:0.1.0"):
         user = subprocess.run(["docker", "image", "inspect", "-f", "{{.Config.User}}",
                                image], capture_output=True, text=True, check=True)
         assert user.stdout.strip() == "app"

@@ -19,7 +19,7 @@ DEFAULT_NODE_KEY = Path.home() / ".fedfleet" / "node-key"
 @click.command("join")
 @click.option("--server", type=ADDRESS, default=f"127.0.0.1:{SUPERLINK_PORT}",
               show_default=True, help="The fedfleet server's address.")
-@click.option("--data", "data_path", default=DEFAULT_DATASET, show_default=True,
+@click.option("--data", default=DEFAULT_DATASET, show_default=True,
               help="This device's data: a folder of class subfolders, a .csv, an .npz, "
                    "or builtin:NAME.")
 @click.option("--partition", type=PARTITION, default=None,
@@ -52,7 +52,7 @@ DEFAULT_NODE_KEY = Path.home() / ".fedfleet" / "node-key"
 @click.option("--home", type=click.Path(file_okay=False, path_type=Path),
               default=Path.home() / ".fedfleet" / "client", show_default=True,
               help="Directory for the node's Flower state (FLWR_HOME).")
-def join(server: str, data_path: str, partition: tuple[int, int] | None,
+def join(server: str, data: str, partition: tuple[int, int] | None,
          label_column: str, class_names: str, root_certificates: Path | None,
          node_key: Path, no_node_key: bool, insecure: bool, runtime_port: int,
          connect_timeout: float, warm_trainer: bool, home: Path) -> None:
@@ -72,7 +72,7 @@ def join(server: str, data_path: str, partition: tuple[int, int] | None,
     """
     key = key_to_use(node_key, no_node_key, insecure)
     index, total = partition if partition is not None else (-1, 1)
-    node = NodeData(data_path=data_path, partition_id=index, num_partitions=total,
+    node = NodeData(data_path=data, partition_id=index, num_partitions=total,
                     label_column=label_column, class_names=class_names)
     opts = JoinOptions(server=server, node=node, home=home, insecure=insecure,
                        root_certificates=root_certificates, node_key=key,
@@ -128,12 +128,12 @@ def node_key(out: Path, force: bool) -> None:
 @click.option("--node-key", type=click.Path(dir_okay=False, path_type=Path),
               default=DEFAULT_NODE_KEY, show_default=True,
               help="This device's private key (from 'fedfleet node-key').")
-@click.option("--data", "data_path", default=DEFAULT_DATASET, show_default=True,
+@click.option("--data", default=DEFAULT_DATASET, show_default=True,
               help="This device's data.")
 @click.option("--label-column", default="label", show_default=True,
               help="CSV column holding the labels.")
 def doctor(server: str, insecure: bool, root_certificates: Path | None,
-           node_key: Path, data_path: str, label_column: str) -> None:
+           node_key: Path, data: str, label_column: str) -> None:
     """Check everything 'fedfleet join' needs, and say how to fix what fails.
 
     Checks the server is reachable, its certificate chain and name, the clock
@@ -148,7 +148,7 @@ def doctor(server: str, insecure: bool, root_certificates: Path | None,
 
     key = None if insecure and not node_key.exists() else node_key
     checks = run_checks(server, insecure, root_certificates, key,
-                        NodeData(data_path=data_path, label_column=label_column))
+                        NodeData(data_path=data, label_column=label_column))
     for check in checks:
         click.echo(f"{'PASS' if check.ok else 'FAIL'}  {check.name}: {check.detail}")
         if not check.ok and check.fix:

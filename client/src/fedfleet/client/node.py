@@ -118,7 +118,8 @@ def join(opts: JoinOptions) -> int:
 
 REFUSALS: tuple[tuple[tuple[str, ...], str], ...] = (
     (("code: 2001",), "the server admits registered devices only: create a key with "
-                   "'fedfleet node-key', have the operator register it, and pass --node-key"),
+                   "'fedfleet node-key', have the operator register its .pub, and join "
+                   "with --node-key (not --no-node-key)"),
     (("code: 2004",), "this device's key is not registered on the server: ask the operator "
                    "to run 'fedfleet nodes register <key>.pub'"),
     (("401", "register-node"), "the server refused the signed request: this device's clock is "

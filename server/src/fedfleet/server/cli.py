@@ -34,7 +34,7 @@ from fedfleet.shared.version import __version__
 D = RunSettings  # defaults live on the dataclass: one source for CLI, compose and apps
 
 RUN_OPTIONS: list[Callable[[Any], Any]] = [
-    click.option("--rounds", "num_rounds", type=click.IntRange(min=1),
+    click.option("--rounds", type=click.IntRange(min=1),
                  default=D.num_rounds, show_default=True, help="Training rounds."),
     click.option("--local-epochs", type=click.IntRange(min=1), default=D.local_epochs,
                  show_default=True, help="Epochs each client trains per round."),
@@ -54,7 +54,7 @@ RUN_OPTIONS: list[Callable[[Any], Any]] = [
     click.option("--strategy", type=click.Choice(list(STRATEGIES),
                  case_sensitive=False), default=D.strategy, show_default=True,
                  help="Aggregation strategy."),
-    click.option("--strategy-param", "strategy_params", multiple=True,
+    click.option("--strategy-param", multiple=True,
                  metavar="KEY=VALUE",
                  help="Strategy parameter, repeatable (e.g. proximal_mu=0.1, beta=0.2, "
                       "num_malicious_nodes=1, eta=0.01)."),
@@ -105,7 +105,8 @@ def settings_from(options: dict[str, Any], output_dir: Path) -> RunSettings:
     """Build run settings from parsed options; shape and classes from the test set."""
     values = {k: options.pop(k) for k in list(options)
               if k in RunSettings.__dataclass_fields__}
-    values["strategy_params"] = ",".join(values.get("strategy_params") or ())
+    values["num_rounds"] = options.pop("rounds")
+    values["strategy_params"] = ",".join(options.pop("strategy_param") or ())
     values["fedfleet_version"] = __version__
     values["output_dir"] = str(output_dir.resolve())
     shape, classes = values.pop("input_shape"), values.pop("num_classes")
@@ -310,10 +311,10 @@ def run(server: str, insecure: bool, root_certificates: Path | None, state_dir: 
 
 @click.command("runs")
 @connection_options
-@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table",
+@click.option("--format", "format", type=click.Choice(["table", "json"]), default="table",
               show_default=True, help="Output format.")
 def runs(server: str, insecure: bool, root_certificates: Path | None, state_dir: Path,
-         fmt: str) -> None:
+         format: str) -> None:
     """List the server's runs and their status.
 
     \b
@@ -322,7 +323,7 @@ def runs(server: str, insecure: bool, root_certificates: Path | None, state_dir:
         docker compose exec server fedfleet runs
     """
     rows = _control(server, insecure, root_certificates, state_dir).runs()
-    if fmt == "json":
+    if format == "json":
         click.echo(json.dumps(rows, indent=1))
         return
     click.echo(f"{'RUN ID':<22} {'STATUS':<20} {'ELAPSED':>10}  VERSION")
@@ -363,13 +364,13 @@ def status(run_id: int, server: str, insecure: bool, root_certificates: Path | N
 @click.command("certs")
 @click.option("--out", type=DIR, default=Path("certificates"), show_default=True,
               help="Directory for ca.crt, ca.key, server.pem and server.key.")
-@click.option("--host", "hosts", multiple=True,
+@click.option("--host", multiple=True,
               help="Name or IP address devices use to reach the server (repeatable). "
                    "localhost, 127.0.0.1, ::1 and 'server' are always included.")
 @click.option("--days", type=click.IntRange(min=1), default=365, show_default=True,
               help="Validity of both certificates.")
 @click.option("--force", is_flag=True, help="Replace existing certificates.")
-def certs(out: Path, hosts: tuple[str, ...], days: int, force: bool) -> None:
+def certs(out: Path, host: tuple[str, ...], days: int, force: bool) -> None:
     """Create a private CA and the server's TLS certificate.
 
     Keys are written readable by their owner only. Give every device ca.crt;
@@ -381,7 +382,7 @@ def certs(out: Path, hosts: tuple[str, ...], days: int, force: bool) -> None:
         fedfleet server --host 0.0.0.0 --ssl-ca-certfile certificates/ca.crt \\
             --ssl-certfile certificates/server.pem --ssl-keyfile certificates/server.key
     """
-    paths = create_certificates(out, hosts, days=days, force=force)
+    paths = create_certificates(out, host, days=days, force=force)
     click.echo(f"wrote {paths.ca_cert}, {paths.server_cert} and their keys (mode 600)")
     click.echo(f"devices need {paths.ca_cert}: fedfleet join --root-certificates ca.crt")
 
@@ -425,10 +426,10 @@ def nodes_register(public_key: Path, name: str | None, server: str, insecure: bo
 
 @nodes.command("list")
 @connection_options
-@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table",
+@click.option("--format", "format", type=click.Choice(["table", "json"]), default="table",
               show_default=True, help="Output format.")
 def nodes_list(server: str, insecure: bool, root_certificates: Path | None,
-               state_dir: Path, fmt: str) -> None:
+               state_dir: Path, format: str) -> None:
     """List registered devices and whether they are online.
 
     \b
@@ -437,7 +438,7 @@ def nodes_list(server: str, insecure: bool, root_certificates: Path | None,
         docker compose exec server fedfleet nodes list
     """
     rows = _control(server, insecure, root_certificates, state_dir).nodes()
-    if fmt == "json":
+    if format == "json":
         click.echo(json.dumps(rows, indent=1))
         return
     click.echo(f"{'NODE ID':<22} {'STATUS':<12} ONLINE SINCE")
@@ -464,13 +465,13 @@ def nodes_revoke(node_id: int, server: str, insecure: bool,
 @click.argument("folder", type=DIR)
 @click.option("--clients", type=click.IntRange(min=0), default=3, show_default=True,
               help="Demo clients to make node keys for (client-1 ... client-N).")
-@click.option("--host", "hosts", multiple=True,
+@click.option("--host", multiple=True,
               help="Extra names or IPs in the server certificate (repeatable or "
                    "comma-separated); localhost, loopback, 'server' and 'gateway' are "
                    "always in.")
 @click.option("--owner", type=int, default=None,
               help="Give the files to this UID (when run as root for containers).")
-def secrets(folder: Path, clients: int, hosts: tuple[str, ...], owner: int | None) -> None:
+def secrets(folder: Path, clients: int, host: tuple[str, ...], owner: int | None) -> None:
     """Create the CA, server certificate and demo node keys of a compose fleet.
 
     One folder per service, each mounted read-only into its container only:
@@ -485,7 +486,7 @@ def secrets(folder: Path, clients: int, hosts: tuple[str, ...], owner: int | Non
     from fedfleet.server.fleet_secrets import create_fleet_secrets
 
     names = [f"client-{i}" for i in range(1, clients + 1)]
-    extra = [h.strip() for arg in hosts for h in arg.split(",") if h.strip()]
+    extra = [h.strip() for arg in host for h in arg.split(",") if h.strip()]
     made = create_fleet_secrets(folder, names, [*extra, "gateway"], owner=owner)
     for path in made.created:
         click.echo(f"created {path}")

@@ -51,8 +51,14 @@ class Control:
         if done.returncode != 0 or payload is None or not payload.get("success", False):
             detail = (payload or {}).get("error-message") or done.stderr.strip() \
                 or done.stdout.strip()
+            if "403 Forbidden" in detail:
+                raise FedfleetError(
+                    f"{self.address} refused 'flwr {args[0]}' (403): it is a fedfleet "
+                    "gateway, which serves devices only; run admin commands on the server "
+                    "host, e.g. docker compose exec server fedfleet runs")
+            lines = [line for line in detail.splitlines() if line.strip()]
             raise FedfleetError(f"flwr {args[0]} failed against {self.address}: "
-                                f"{detail.splitlines()[-1] if detail else 'no output'}")
+                                f"{lines[-1] if lines else 'no output'}")
         return payload
 
     def submit(self, settings: RunSettings, bundle_dir: Path) -> int:

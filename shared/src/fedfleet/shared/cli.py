@@ -91,9 +91,9 @@ def cli(verbose: bool) -> None:
               help="CSV column holding the labels.")
 @click.option("--class-names", default="",
               help="Comma-separated label order, for folder or text labels.")
-@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text",
+@click.option("--format", "format", type=click.Choice(["text", "json"]), default="text",
               show_default=True, help="Output format.")
-def data_command(path: str, label_column: str, class_names: str, fmt: str) -> None:
+def data_command(path: str, label_column: str, class_names: str, format: str) -> None:
     """Check that a dataset loads, and show its size, shape and classes.
 
     PATH is a folder of class subfolders, a .csv file, an .npz file or
@@ -113,7 +113,7 @@ def data_command(path: str, label_column: str, class_names: str, fmt: str) -> No
     per_class = {int(c): int(n) for c, n in zip(classes, counts, strict=True)}
     summary = {"source": data.source, "samples": len(data),
                "sample_shape": list(data.sample_shape), "classes": per_class}
-    if fmt == "json":
+    if format == "json":
         click.echo(json.dumps(summary))
         return
     click.echo(f"{data.source}: {len(data)} samples of shape {data.sample_shape}, "

@@ -96,6 +96,10 @@ def probe(address: str, tls: bool, ca_file: Path | None, timeout: float = 3.0) -
                                     context=context) as response:
             return None if response.status == 200 else f"HTTP {response.status}"
     except urllib.error.HTTPError as err:
+        if not tls and err.code == 400 and b"HTTPS port" in err.read(300):
+            raise FedfleetError(f"the server at {address} requires TLS (plain HTTP was "
+                                "sent to its HTTPS port): use --root-certificates, not "
+                                "--insecure") from None
         return f"HTTP {err.code}"
     except (urllib.error.URLError, OSError) as err:
         reason = getattr(err, "reason", err)
