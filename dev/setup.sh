@@ -24,6 +24,11 @@ apt_install() {
 }
 
 setup_python() {
+  # libfaketime: the integration test of a device clock running ahead of the server.
+  if ! command -v faketime >/dev/null && command -v apt-get >/dev/null; then
+    say "installing faketime (for the clock-skew test)"
+    apt_install faketime
+  fi
   if [ ! -x .venv/bin/python ]; then
     say "creating .venv"
     python3 -m venv .venv

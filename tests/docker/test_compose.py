@@ -145,12 +145,19 @@ def _check_edge_network_is_fleet_only(project: str, env: dict[str, str]) -> None
     """From a device, Flower's own CLI can't list or submit runs or register nodes."""
     for script in ("flwr ls --format json",
                    "flwr supernode register /run/secrets/fedfleet/node.key.pub "
-                   "--format json",
-                   "flwr run /nonexistent --format json"):
+                   "--format json"):
         done = _in_client(project, env, script)
-        assert done.returncode != 0, done.stdout
-        if "run /nonexistent" not in script:
-            assert "403 Forbidden" in done.stdout, done.stdout
+        assert '"success": false' in done.stdout and "403 Forbidden" in done.stdout, \
+            done.stdout
+    post = ("python -c \"import ssl, urllib.request as r, urllib.error as e\n"
+            "ctx = ssl.create_default_context(cafile='/run/secrets/fedfleet/ca.crt')\n"
+            "for path in ('/v1/control/start-run', '/v1/control/stop-run', "
+            "'/v1/runtime/acquire-task', '/v1/fleet/../control/start-run'):\n"
+            " try:\n  r.urlopen(r.Request('https://gateway:8000' + path, b'{}'), "
+            "context=ctx, timeout=10); print(path, 200)\n"
+            " except e.HTTPError as err:\n  print(path, err.code)\"")
+    codes = _in_client(project, env, post).stdout.split()
+    assert codes[1::2] == ["403"] * 4, codes
     probe = ("python -c \"import socket\ntry:\n socket.create_connection(('server', 8000), "
              "3)\n print('reached')\nexcept OSError as e:\n print('unreachable', e)\"")
     assert "unreachable" in _in_client(project, env, probe).stdout

@@ -32,9 +32,11 @@ class Fleet:
         self.workdir = workdir
         self.procs: list[subprocess.Popen[bytes]] = []
 
-    def start(self, name: str, *args: str) -> subprocess.Popen[bytes]:
+    def start(self, name: str, *args: str, wrap: tuple[str, ...] = ()
+              ) -> subprocess.Popen[bytes]:
+        """Start ``fedfleet ARGS`` (behind ``wrap``, e.g. faketime), logging to NAME.log."""
         log = (self.workdir / f"{name}.log").open("wb")
-        proc = subprocess.Popen([FEDFLEET, *args], cwd=self.workdir, stdout=log,
+        proc = subprocess.Popen([*wrap, FEDFLEET, *args], cwd=self.workdir, stdout=log,
                                 stderr=subprocess.STDOUT, start_new_session=True,
                                 env={**os.environ, "FLWR_TELEMETRY_ENABLED": "0"})
         self.procs.append(proc)

@@ -150,6 +150,7 @@ def _run_supernode(opts: JoinOptions, env: dict[str, str]) -> int:
                              start_new_session=True)
     log.info("Joined %s; SuperNode running as pid %d", opts.server, child.pid)
     tail: list[str] = []
+    node_id: list[str] = []  # set once the server has admitted the node
 
     def echo() -> None:  # pass the SuperNode's output through, keep the last lines
         assert child.stdout is not None
@@ -158,11 +159,16 @@ def _run_supernode(opts: JoinOptions, env: dict[str, str]) -> int:
             sys.stdout.flush()
             tail.append(line)
             del tail[:-200]
+            if "SuperNode ID:" in line:
+                node_id[:] = [line.rsplit(":", 1)[1].strip()]
 
     reader = threading.Thread(target=echo, daemon=True)
     reader.start()
 
+    stopping: list[int] = []
+
     def forward(signum: int, _frame: FrameType | None) -> None:
+        stopping.append(signum)
         child.send_signal(signum)
 
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -170,11 +176,20 @@ def _run_supernode(opts: JoinOptions, env: dict[str, str]) -> int:
     code = child.wait()
     reader.join(timeout=5)
     process.stop(child)
-    if code in (-signal.SIGTERM, -signal.SIGINT):
+    if stopping:
         return 0
     meaning = explain("".join(tail))
     if meaning:
         raise FedfleetError(f"the server refused this device: {meaning}")
-    if code != 0:
-        raise FedfleetError(f"the SuperNode exited with code {code}; see its log above")
-    return 0
+    # Flower's SuperNode leaves quietly (exit 0) when the server rejects it.
+    if node_id:
+        raise FedfleetError(
+            f"the server ended node {node_id[0]}'s session: it was revoked ('fedfleet nodes "
+            "revoke') or the server lost its state; ask the operator to register this "
+            "device's key again")
+    if code == 0:
+        raise FedfleetError(
+            "the server refused this device's signed sign-in: this device's clock is "
+            "probably ahead of the server's (Flower allows 5 s); enable NTP "
+            "(timedatectl set-ntp true) and check with 'fedfleet doctor'")
+    raise FedfleetError(f"the SuperNode exited with code {code}; see its log above")

@@ -54,8 +54,10 @@ def _pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:
 
 
 def create_certificates(out: Path, hosts: Sequence[str], days: int = 365,
-                        force: bool = False) -> CertificatePaths:
+                        force: bool = False, defaults: bool = True) -> CertificatePaths:
     """Create a CA and a server certificate for ``hosts`` (plus the defaults) in ``out``.
+
+    ``defaults=False`` leaves out loopback and 'server' (tests of name mismatches).
 
     Raises
     ------
@@ -84,7 +86,7 @@ def create_certificates(out: Path, hosts: Sequence[str], days: int = 365,
                                      decipher_only=False), critical=True)
         .sign(ca_key, hashes.SHA256())
     )
-    all_hosts = [*hosts, *DEFAULT_HOSTS]
+    all_hosts = [*hosts, *(DEFAULT_HOSTS if defaults else ())]
     server_key = ec.generate_private_key(ec.SECP384R1())
     server_cert = (
         x509.CertificateBuilder()
