@@ -17,6 +17,7 @@ from fedfleet.server.recorder import (
     RecordingMixin,
     RunRecorder,
     describe_error,
+    round_line,
     wait_for_clients,
 )
 from fedfleet.server.strategies import make_strategy
@@ -202,3 +203,36 @@ def test_evaluation_in_train_replies_lands_on_the_previous_round(tmp_path: Path)
     assert "eval_accuracy" not in recorder.record["rounds"][1]  # measured in round 3
     final = list(strategy.configure_evaluate(3, arrays, ConfigRecord(), grid))
     assert len(final) == 2  # the last model is evaluated by its own message
+
+
+def test_poisoned_and_broken_updates_are_rejected_with_reasons(tmp_path: Path) -> None:
+    """NaN, a x1000 update and a bogus example count are left out; the model stays sane."""
+    strategy, recorder, weights = _setup(tmp_path)
+    grid = FakeGrid([31, 32, 33, 34, 35, 36])
+    msgs = sorted(strategy.configure_train(1, ArrayRecord(weights), ConfigRecord(), grid),
+                  key=lambda m: m.metadata.dst_node_id)
+    rng = np.random.default_rng(0)
+    honest = [[w + rng.normal(0, 0.01, w.shape).astype(w.dtype) for w in weights]
+              for _ in range(3)]
+    nan = [w.copy() for w in weights]
+    nan[0].flat[0] = np.nan
+    scaled = [w + 1000 * (h - w) for w, h in zip(weights, honest[0], strict=True)]
+    replies = [_reply(msgs[i], 31 + i, honest[i], {"num-examples": 100}) for i in range(3)]
+    replies += [_reply(msgs[3], 34, nan, {"num-examples": 100}),
+                _reply(msgs[4], 35, scaled, {"num-examples": 100}),
+                _reply(msgs[5], 36, honest[1], {"num-examples": 0})]
+    arrays, _ = strategy.aggregate_train(1, replies)
+    assert arrays is not None
+    mean = [np.mean([h[i] for h in honest], axis=0) for i in range(len(weights))]
+    for got, want in zip(arrays.to_numpy_ndarrays(), mean, strict=True):
+        np.testing.assert_allclose(got, want, atol=1e-6)
+    row = recorder.current
+    assert row["train_replies"] == 3 and row["rejected_replies"] == 3
+    errors = {e["node_id"]: e["error"] for e in row["errors"]}
+    assert errors["34"] == "rejected: 1 non-finite value(s) (NaN/inf) in weight 0"
+    assert "update norm" in errors["35"] and "over 10x the round's median" in errors["35"]
+    assert errors["36"].startswith("rejected: num-examples 0 is outside")
+    recorder.end_round(1, arrays, None)
+    saved = read_metrics(tmp_path)
+    assert saved is not None and saved["rounds"][0]["rejected_replies"] == 3
+    assert "3 rejected" in round_line(saved["rounds"][0])

@@ -72,12 +72,14 @@ def create_certificates(out: Path, hosts: Sequence[str], days: int = 365,
                           "certificates (devices then need the new ca.crt)")
     now = datetime.datetime.now(datetime.timezone.utc)
     until = now + datetime.timedelta(days=days)
+    # Valid from a day ago: a device whose clock runs behind must still accept it.
+    since = now - datetime.timedelta(days=1)
     ca_key = ec.generate_private_key(ec.SECP384R1())
     ca_cert = (
         x509.CertificateBuilder()
         .subject_name(_name("fedfleet CA")).issuer_name(_name("fedfleet CA"))
         .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
-        .not_valid_before(now).not_valid_after(until)
+        .not_valid_before(since).not_valid_after(until)
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
         .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True,
                                      crl_sign=True, content_commitment=False,
@@ -92,7 +94,7 @@ def create_certificates(out: Path, hosts: Sequence[str], days: int = 365,
         x509.CertificateBuilder()
         .subject_name(_name(all_hosts[0])).issuer_name(ca_cert.subject)
         .public_key(server_key.public_key()).serial_number(x509.random_serial_number())
-        .not_valid_before(now).not_valid_after(until)
+        .not_valid_before(since).not_valid_after(until)
         .add_extension(_san(all_hosts), critical=False)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]),

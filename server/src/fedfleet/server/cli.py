@@ -86,6 +86,13 @@ RUN_OPTIONS: list[Callable[[Any], Any]] = [
                  default=D.compression, show_default=True,
                  help="Send global weights as float16 and client updates as float16 "
                       "or int8 (per-tensor scale)."),
+    click.option("--max-examples", type=click.IntRange(min=1), default=D.max_examples,
+                 show_default=True,
+                 help="Reject a reply claiming more training examples than this."),
+    click.option("--max-update-norm-ratio", type=click.FloatRange(min=0),
+                 default=D.max_update_norm_ratio, show_default=True,
+                 help="Reject a reply whose update norm exceeds this many times the "
+                      "round's median (needs 3+ replies; 0: off)."),
     click.option("--round-timeout", type=click.FloatRange(min=1), default=D.round_timeout,
                  show_default=True, help="Seconds a round waits for client replies."),
     click.option("--client-wait-timeout", type=click.FloatRange(min=1),

@@ -11,12 +11,14 @@ import logging
 import re
 import time
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 
 from fedfleet.server.outputs import RunOutputs
+from fedfleet.server.validation import check_values, norm_outliers, update_norm
 from fedfleet.shared.compression import decode_update, encode_weights
 from fedfleet.shared.constants import ARRAYS_KEY, NUM_EXAMPLES_KEY
 from fedfleet.shared.errors import FedfleetError, ModelMismatchError
@@ -34,14 +36,30 @@ def describe_error(reason: str | None) -> str:
     return f"{match.group(1)}: {match.group(2)}" if match else (reason or "unknown error")
 
 
+@dataclass(frozen=True)
+class UpdateLimits:
+    """Bounds a reply must stay within (see :mod:`fedfleet.server.validation`)."""
+
+    max_examples: int = 10_000_000
+    max_update_norm_ratio: float = 10.0
+
+
+def _num_examples(msg: Message) -> object:
+    for record in msg.content.metric_records.values():
+        if NUM_EXAMPLES_KEY in record:
+            return record[NUM_EXAMPLES_KEY]
+    return None
+
+
 class RunRecorder:
     """Collects the rounds of one run and writes them to its outputs."""
 
     def __init__(self, outputs: RunOutputs | None, info: dict[str, Any],
                  weight_specs: list[WeightSpec], model: Any,
-                 compression: str = "none") -> None:
+                 compression: str = "none", limits: UpdateLimits | None = None) -> None:
         """Start an empty record; ``model`` is used to save checkpoints."""
         self.outputs = outputs
+        self.limits = limits or UpdateLimits()
         self.weight_specs = weight_specs
         self.model = model
         self.compression = compression
@@ -78,8 +96,14 @@ class RunRecorder:
         return self.current["clients"].setdefault(node, {"node_id": node})  # type: ignore[no-any-return]
 
     def accept_train(self, replies: Iterable[Message]) -> list[Message]:
-        """Record train replies; return those whose weights fit the model."""
-        accepted: list[Message] = []
+        """Record train replies; return those fit to aggregate.
+
+        A reply is left out (and logged and counted as rejected) if its weights do not
+        fit the model, are not finite, claim an implausible number of examples, or move
+        the model much further than the round's other replies.
+        """
+        candidates: dict[str, tuple[Message, list[Any]]] = {}
+        norms: dict[str, float] = {}
         for msg in replies:
             if msg.has_error():
                 self._error("train", msg, describe_error(msg.error.reason))
@@ -93,8 +117,19 @@ class RunRecorder:
                 self.current["payload_bytes_up"] += sum(a.nbytes for a in received)
                 weights = decode_update(received, self.base, self.compression, origin)
                 check_weights(self.weight_specs, weights, origin)
+                check_values(weights, _num_examples(msg), self.limits.max_examples)
             except (FedfleetError, ValueError) as err:
-                self._error("train", msg, f"rejected: {err}")
+                self._reject(msg, str(err))
+                continue
+            key = str(msg.metadata.src_node_id)
+            candidates[key] = (msg, weights)
+            norms[key] = update_norm(weights, self.base)
+        outliers = norm_outliers(norms, self.limits.max_update_norm_ratio)
+        accepted: list[Message] = []
+        for key, (msg, weights) in candidates.items():
+            self._client(msg)["update_norm"] = norms[key]
+            if key in outliers:
+                self._reject(msg, outliers[key])
                 continue
             if self.compression != "none":
                 msg.content[ARRAYS_KEY] = ArrayRecord(weights)
@@ -103,8 +138,13 @@ class RunRecorder:
         self._previous_round_evaluation()
         self.current["train_replies"] = len(accepted)
         self.current["train_failures"] = len(self.current["errors"])
+        self.current["rejected_replies"] = sum(
+            1 for e in self.current["errors"] if e["error"].startswith("rejected: "))
         self.current["train_phase_s"] = time.perf_counter() - self._t0
         return accepted
+
+    def _reject(self, msg: Message, reason: str) -> None:
+        self._error("train", msg, f"rejected: {reason}")
 
     def accept_evaluate(self, replies: Iterable[Message]) -> list[Message]:
         """Record evaluation replies; return the successful ones."""
@@ -211,8 +251,11 @@ def round_line(row: dict[str, Any], num_rounds: int | None = None) -> str:
     parts = [f"round {row['round']}" + (f"/{num_rounds}" if num_rounds else ""),
              f"{row.get('wall_s', 0):.1f}s",
              f"{row.get('train_replies', 0)} clients"]
-    if row.get("train_failures"):
-        parts.append(f"{row['train_failures']} failed")
+    rejected = row.get("rejected_replies") or 0
+    if row.get("train_failures", 0) - rejected > 0:
+        parts.append(f"{row['train_failures'] - rejected} failed")
+    if rejected:
+        parts.append(f"{rejected} rejected")
     if row.get("train_loss") is not None:
         parts.append(f"train loss {row['train_loss']:.4f}")
     if row.get("eval_accuracy") is not None:

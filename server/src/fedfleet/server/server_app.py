@@ -12,7 +12,7 @@ from flwr.serverapp import Grid, ServerApp
 
 from fedfleet.server.grid import PromptGrid
 from fedfleet.server.outputs import RunOutputs
-from fedfleet.server.recorder import RecordingMixin, RunRecorder
+from fedfleet.server.recorder import RecordingMixin, RunRecorder, UpdateLimits
 from fedfleet.server.strategies import make_strategy
 from fedfleet.shared.data import fit_to_shape, load_dataset
 from fedfleet.shared.errors import FedfleetError
@@ -59,7 +59,9 @@ def main(grid: Grid, context: Context) -> None:
             "num_rounds": settings.num_rounds, "settings": settings.to_run_config(),
             "num_params": int(sum(w.size for w in weights)),
             "model_bytes": int(sum(w.nbytes for w in weights))}
-    recorder = RunRecorder(outputs, info, specs_of(weights), model, settings.compression)
+    limits = UpdateLimits(settings.max_examples, settings.max_update_norm_ratio)
+    recorder = RunRecorder(outputs, info, specs_of(weights), model, settings.compression,
+                           limits)
     try:
         strategy = make_strategy(settings, base=RecordingMixin)
         strategy.recorder = recorder  # type: ignore[attr-defined]

@@ -93,6 +93,8 @@ class RunSettings:
     client_wait_timeout: float = 300.0
     client_eval: str = "with-train"
     compression: str = "none"
+    max_examples: int = 10_000_000
+    max_update_norm_ratio: float = 10.0
     fedfleet_version: str = field(default="")
 
     def __post_init__(self) -> None:
@@ -114,6 +116,8 @@ class RunSettings:
             (self.client_wait_timeout > 0, "client-wait-timeout must be > 0"),
             (self.client_eval in CLIENT_EVAL,
              f"client-eval must be one of {', '.join(CLIENT_EVAL)}"),
+            (self.max_examples >= 1, "max-examples must be >= 1"),
+            (self.max_update_norm_ratio >= 0, "max-update-norm-ratio must be >= 0"),
             (self.compression in METHODS,
              f"compression must be one of {', '.join(METHODS)}"),
         ]
