@@ -236,3 +236,15 @@ def test_poisoned_and_broken_updates_are_rejected_with_reasons(tmp_path: Path) -
     saved = read_metrics(tmp_path)
     assert saved is not None and saved["rounds"][0]["rejected_replies"] == 3
     assert "3 rejected" in round_line(saved["rounds"][0])
+
+
+def test_server_optimizers_hand_back_the_models_dtypes(tmp_path: Path) -> None:
+    """FedAdam computes in float64; the next round's model must be float32 again."""
+    strategy, _, weights = _setup(tmp_path, strategy="fedadam")
+    grid = FakeGrid([41, 42])
+    msgs = list(strategy.configure_train(1, ArrayRecord(weights), ConfigRecord(), grid))
+    replies = [_reply(m, m.metadata.dst_node_id, [w + 0.1 for w in weights],
+                      {"num-examples": 10}) for m in msgs]
+    arrays, _ = strategy.aggregate_train(1, replies)
+    assert arrays is not None
+    assert [a.dtype for a in arrays.to_numpy_ndarrays()] == [w.dtype for w in weights]

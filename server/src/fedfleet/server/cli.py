@@ -15,6 +15,7 @@ from fedfleet.server.certs import create_certificates
 from fedfleet.server.control import Control
 from fedfleet.server.outputs import read_metrics
 from fedfleet.server.recorder import round_line
+from fedfleet.server.resume import ResumePoint, interrupted_runs
 from fedfleet.server.service import (
     RunFollower,
     ServerOptions,
@@ -197,13 +198,16 @@ DIR = click.Path(file_okay=False, path_type=Path)
 @click.option("--insecure", is_flag=True,
               help="Plain HTTP and no node authentication: local experiments only.")
 @click.option("--no-run", is_flag=True, help="Only serve; submit runs with 'fedfleet run'.")
+@click.option("--resume/--no-resume", default=True, show_default=True,
+              help="Continue a run a crash interrupted (from its last completed round) "
+                   "instead of starting a new one.")
 @click.option("--exit-when-done", is_flag=True,
               help="Stop the server once the run has finished.")
 @run_options
 def server(host: str, port: int, state_dir: Path, output_dir: Path, tls_dir: Path,
            ssl_ca_certfile: Path | None, ssl_certfile: Path | None,
            ssl_keyfile: Path | None, node_auth: bool | None,
-           authorized_keys: Path | None, insecure: bool, no_run: bool,
+           authorized_keys: Path | None, insecure: bool, no_run: bool, resume: bool,
            exit_when_done: bool, **run_settings: Any) -> None:
     """Start the server: a SuperLink, and a training run followed round by round.
 
@@ -243,7 +247,14 @@ def server(host: str, port: int, state_dir: Path, output_dir: Path, tls_dir: Pat
                 click.echo(line)
         ready.touch()
         if not no_run:
-            _submit_and_follow(opts.control(), settings, state_dir, output_dir,
+            control = opts.control()
+            interrupted = find_interrupted(output_dir) if resume else None
+            if interrupted is not None:
+                click.echo(f"Run {interrupted.run_id} was interrupted after round "
+                           f"{interrupted.last_round}; continuing it")
+                settings = RunSettings.from_run_config(interrupted.settings).replace(
+                    resume_from=str(interrupted.run_dir.resolve()))
+            _submit_and_follow(control, settings, state_dir, output_dir,
                                alive=lambda: superlink.poll() is None)
         if exit_when_done:
             return
@@ -256,6 +267,16 @@ def server(host: str, port: int, state_dir: Path, output_dir: Path, tls_dir: Pat
     finally:
         ready.unlink(missing_ok=True)
         process.stop(superlink)
+
+
+def find_interrupted(output_dir: Path) -> ResumePoint | None:
+    """Return the newest run in ``output_dir`` that a crash interrupted.
+
+    Its ServerApp ran under the SuperLink this command started last time, so a record
+    still marked running, seen from a freshly started server, belongs to a dead run.
+    """
+    points = interrupted_runs(output_dir)
+    return points[0] if points else None
 
 
 def _submit_and_follow(control: Control, settings: RunSettings, state_dir: Path,

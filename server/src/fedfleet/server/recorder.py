@@ -14,6 +14,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 
@@ -77,6 +78,21 @@ class RunRecorder:
         self.current = {"round": server_round, "started_at": time.time(),
                         "clients": {}, "errors": [], "payload_bytes_down": 0,
                         "payload_bytes_up": 0}
+
+    def conform(self, arrays: ArrayRecord | None) -> ArrayRecord | None:
+        """Cast aggregated weights back to the model's dtypes.
+
+        Server-side optimizers (FedAdam and the FedOpt family) compute in float64; the
+        model, and every client, expects float32.
+        """
+        if arrays is None:
+            return None
+        values = arrays.to_numpy_ndarrays()
+        if all(np.dtype(a.dtype).name == dtype for a, (_, dtype)
+               in zip(values, self.weight_specs, strict=False)):
+            return arrays
+        return ArrayRecord([a.astype(dtype) for a, (_, dtype)
+                            in zip(values, self.weight_specs, strict=True)])
 
     def outgoing(self, messages: Iterable[Message], arrays: ArrayRecord) -> list[Message]:
         """Compress the global weights in ``messages`` (if on) and count their bytes."""
@@ -296,10 +312,12 @@ class RecordingMixin:
     recorder: RunRecorder
     settings: RunSettings
     min_available_nodes: int
+    round_offset: int = 0  # rounds done before a resume; Flower restarts from 1
 
     def configure_train(self, server_round: int, arrays: ArrayRecord,
                         config: ConfigRecord, grid: Grid) -> Iterable[Message]:
         """Start the round once enough clients are connected."""
+        server_round += self.round_offset
         self.recorder.begin_round(server_round, arrays)
         wait_for_clients(grid, self.min_available_nodes, self.settings.client_wait_timeout)
         messages = super().configure_train(server_round, arrays, config, grid)  # type: ignore[misc]
@@ -307,13 +325,14 @@ class RecordingMixin:
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]
                         ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        """Aggregate only the replies whose weights fit the model."""
+        """Aggregate only the replies fit to aggregate (see RunRecorder.accept_train)."""
         accepted = self.recorder.accept_train(replies)
         if not accepted:
             return None, None
-        arrays, metrics = super().aggregate_train(server_round, accepted)  # type: ignore[misc]
+        arrays, metrics = super().aggregate_train(  # type: ignore[misc]
+            server_round + self.round_offset, accepted)
         self.recorder.aggregated(metrics)
-        return arrays, metrics
+        return self.recorder.conform(arrays), metrics
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord,
                            config: ConfigRecord, grid: Grid) -> Iterable[Message]:
@@ -323,6 +342,7 @@ class RecordingMixin:
         with-train`` except after the last round (the next train message carries
         the evaluation of this round's model).
         """
+        server_round += self.round_offset
         if not self.recorder.current.get("train_replies"):
             return []
         if self.settings.client_eval == "with-train" and \
@@ -337,6 +357,7 @@ class RecordingMixin:
         ok = self.recorder.accept_evaluate(replies)
         if not ok:
             return None
-        metrics = super().aggregate_evaluate(server_round, ok)  # type: ignore[misc]
+        metrics = super().aggregate_evaluate(  # type: ignore[misc]
+            server_round + self.round_offset, ok)
         self.recorder.aggregated(metrics)
         return metrics  # type: ignore[no-any-return]

@@ -95,6 +95,7 @@ class RunSettings:
     compression: str = "none"
     max_examples: int = 10_000_000
     max_update_norm_ratio: float = 10.0
+    resume_from: str = ""  # run directory of an interrupted run to continue
     fedfleet_version: str = field(default="")
 
     def __post_init__(self) -> None:
