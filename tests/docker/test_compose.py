@@ -241,3 +241,45 @@ def test_images_run_as_non_root_and_hold_only_their_side(images: None) -> None:
         ["False", "True"]
     assert _image_run("fedfleet-server:0.1.0", "-c", probe).stdout.split() == \
         ["True", "False"]
+
+
+def test_a_crashed_server_container_comes_back_and_finishes_the_run(
+        stack: tuple[str, dict[str, str], Path]) -> None:
+    """The server container crashes after round 2; the run still finishes all rounds.
+
+    Every process in it is killed; compose restarts it, the run continues from its last
+    round, and the clients rejoin by themselves.
+    """
+    project, env, outputs = stack
+    env = {**env, "FEDFLEET_ROUNDS": "5", "FEDFLEET_EXIT_WHEN_DONE": "0"}
+    up = _compose(project, env, "up", "--detach", "--no-build", timeout=600)
+    assert up.returncode == 0, up.stderr
+    deadline = time.monotonic() + 900
+
+    def records() -> dict[str, dict[str, object]]:
+        found = {}
+        for path in outputs.glob("run-*/metrics.json"):
+            try:
+                found[path.parent.name] = json.loads(path.read_text())
+            except json.JSONDecodeError:
+                continue
+        return found
+
+    while not any(len(r["rounds"]) >= 2 for r in records().values()):  # type: ignore[arg-type]
+        assert time.monotonic() < deadline, _compose(project, env, "logs").stdout[-3000:]
+        time.sleep(2)
+    crash = _compose(project, env, "exec", "-T", "server", "sh", "-c", "kill -9 -1",
+                     timeout=60)
+    assert crash.returncode in (0, 137, -9, 255), crash.stderr
+    while not any(r["status"] == "completed" for r in records().values()):
+        assert time.monotonic() < deadline, _compose(project, env, "logs").stdout[-5000:]
+        time.sleep(5)
+    logs = _compose(project, env, "logs", "--no-color", "server", timeout=120).stdout
+    assert "was interrupted after round" in logs, logs[-3000:]
+    final = next(r for r in records().values() if r["status"] == "completed")
+    old = next(r for r in records().values() if r["status"] == "interrupted")
+    rounds = final["rounds"]
+    assert [r["round"] for r in rounds] == [1, 2, 3, 4, 5]  # type: ignore[index]
+    assert final["run"]["resumed_from"]["run_id"] == old["run"]["run_id"]  # type: ignore[index]
+    assert all(r["train_replies"] == 3 for r in rounds)  # type: ignore[index]
+    assert rounds[-1]["central_accuracy"] > 0.8  # type: ignore[index]
