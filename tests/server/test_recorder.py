@@ -16,6 +16,7 @@ from fedfleet.server.outputs import RunOutputs, read_metrics
 from fedfleet.server.recorder import (
     RecordingMixin,
     RunRecorder,
+    UpdateLimits,
     describe_error,
     round_line,
     wait_for_clients,
@@ -248,3 +249,18 @@ def test_server_optimizers_hand_back_the_models_dtypes(tmp_path: Path) -> None:
     arrays, _ = strategy.aggregate_train(1, replies)
     assert arrays is not None
     assert [a.dtype for a in arrays.to_numpy_ndarrays()] == [w.dtype for w in weights]
+
+
+def test_too_few_usable_replies_end_the_run_with_reasons(tmp_path: Path) -> None:
+    """With --min-replies 2 and one usable reply, nothing is aggregated; the reason says so."""
+    strategy, recorder, weights = _setup(tmp_path)
+    recorder.limits = UpdateLimits(min_replies=2)
+    grid = FakeGrid([51, 52])
+    msgs = sorted(strategy.configure_train(1, ArrayRecord(weights), ConfigRecord(), grid),
+                  key=lambda m: m.metadata.dst_node_id)
+    replies = [_reply(msgs[0], 51, weights, {"num-examples": 10}),
+               _error(msgs[1], 52, "<class 'TimeoutError'>:<'no reply in time'>")]
+    assert strategy.aggregate_train(1, replies) == (None, None)
+    with pytest.raises(FedfleetError, match="round 1 got 1 usable replies, fewer than "
+                       "--min-replies 2: node 52: TimeoutError: no reply in time"):
+        recorder.end_round(1, ArrayRecord(weights), None)

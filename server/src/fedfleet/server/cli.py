@@ -94,6 +94,10 @@ RUN_OPTIONS: list[Callable[[Any], Any]] = [
                  default=D.max_update_norm_ratio, show_default=True,
                  help="Reject a reply whose update norm exceeds this many times the "
                       "round's median (needs 3+ replies; 0: off)."),
+    click.option("--min-replies", type=click.IntRange(min=1), default=D.min_replies,
+                 show_default=True,
+                 help="Usable replies a round needs by --round-timeout; with fewer the "
+                      "run ends with the reasons."),
     click.option("--round-timeout", type=click.FloatRange(min=1), default=D.round_timeout,
                  show_default=True, help="Seconds a round waits for client replies."),
     click.option("--client-wait-timeout", type=click.FloatRange(min=1),

@@ -39,10 +39,14 @@ def describe_error(reason: str | None) -> str:
 
 @dataclass(frozen=True)
 class UpdateLimits:
-    """Bounds a reply must stay within (see :mod:`fedfleet.server.validation`)."""
+    """What a round's replies must meet: per-reply bounds, and how many are needed.
+
+    See :mod:`fedfleet.server.validation` for the per-reply checks.
+    """
 
     max_examples: int = 10_000_000
     max_update_norm_ratio: float = 10.0
+    min_replies: int = 1
 
 
 def _num_examples(msg: Message) -> object:
@@ -243,10 +247,15 @@ class RunRecorder:
         self.record["rounds"].append(row)
         self.save()
         log.info("%s", round_line(row, self.record["run"].get("num_rounds")))
-        if row["train_replies"] == 0:
+        if row["train_replies"] < self.limits.min_replies:
             reasons = "; ".join(f"node {e['node_id']}: {e['error']}" for e in row["errors"])
-            raise FedfleetError(f"no client could train in round {server_round}: "
-                                f"{reasons or 'no replies before the round timeout'}")
+            if row["train_replies"] == 0:
+                raise FedfleetError(f"no client could train in round {server_round}: "
+                                    f"{reasons or 'no replies before the round timeout'}")
+            raise FedfleetError(
+                f"round {server_round} got {row['train_replies']} usable replies, fewer "
+                f"than --min-replies {self.limits.min_replies}"
+                f"{': ' + reasons if reasons else ''}; the global model was not changed")
 
     def finish(self, status: str, error: str | None = None) -> None:
         """Mark the run finished (``completed`` or ``failed``) and write the record."""
@@ -327,8 +336,8 @@ class RecordingMixin:
                         ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         """Aggregate only the replies fit to aggregate (see RunRecorder.accept_train)."""
         accepted = self.recorder.accept_train(replies)
-        if not accepted:
-            return None, None
+        if len(accepted) < max(1, self.recorder.limits.min_replies):
+            return None, None  # the round ends the run with its reasons (end_round)
         arrays, metrics = super().aggregate_train(  # type: ignore[misc]
             server_round + self.round_offset, accepted)
         self.recorder.aggregated(metrics)

@@ -93,7 +93,8 @@ def main(grid: Grid, context: Context) -> None:
             "num_rounds": settings.num_rounds, "settings": settings.to_run_config(),
             "num_params": int(sum(w.size for w in weights)),
             "model_bytes": int(sum(w.nbytes for w in weights))}
-    limits = UpdateLimits(settings.max_examples, settings.max_update_norm_ratio)
+    limits = UpdateLimits(settings.max_examples, settings.max_update_norm_ratio,
+                          settings.min_replies)
     recorder = RunRecorder(outputs, info, specs_of(weights), model, settings.compression,
                            limits)
     try:

@@ -95,6 +95,7 @@ class RunSettings:
     compression: str = "none"
     max_examples: int = 10_000_000
     max_update_norm_ratio: float = 10.0
+    min_replies: int = 1
     resume_from: str = ""  # run directory of an interrupted run to continue
     fedfleet_version: str = field(default="")
 
@@ -119,6 +120,7 @@ class RunSettings:
              f"client-eval must be one of {', '.join(CLIENT_EVAL)}"),
             (self.max_examples >= 1, "max-examples must be >= 1"),
             (self.max_update_norm_ratio >= 0, "max-update-norm-ratio must be >= 0"),
+            (self.min_replies >= 1, "min-replies must be >= 1"),
             (self.compression in METHODS,
              f"compression must be one of {', '.join(METHODS)}"),
         ]
