@@ -106,3 +106,22 @@ def test_supernode_refusals_are_explained() -> None:
         "httpx.HTTPStatusError: Client error '401 Unauthorized' for url "
         "'http://s:8000/v1/fleet/send-node-heartbeat'"))
     assert explain("all fine\n") is None
+
+
+def test_bad_data_is_reported_and_rechecked_not_crash_looped(tmp_path: Path) -> None:
+    """With --data-retry the node says what is wrong and joins once the data is fixed."""
+    from fedfleet.client.node import wait_for_data
+
+    data = tmp_path / "d.csv"
+    data.write_text("a,b,label\n1,2,0\n3,4,\n")  # row 3: missing label
+    node = NodeData(data_path=str(data))
+    with pytest.raises(DataError, match="label"):
+        wait_for_data(node, retry=0)
+    naps: list[float] = []
+
+    def fix_then_sleep(seconds: float) -> None:
+        naps.append(seconds)
+        data.write_text("a,b,label\n1,2,0\n3,4,1\n5,6,0\n7,8,1\n")
+
+    assert "4 samples" in wait_for_data(node, retry=30, sleep=fix_then_sleep)
+    assert naps == [30]

@@ -78,3 +78,29 @@ def test_a_crashed_server_continues_the_run_from_its_last_round(
         f"round-{r:03d}.keras" for r in range(done_before + 1, 6)]
     assert (run_dir / "final_model.keras").exists()
     assert new["rounds"][-1]["central_accuracy"] > 0.5
+
+
+def test_a_client_killed_mid_round_does_not_stall_the_run(
+        fleet: Fleet, tmp_path: Path) -> None:
+    """Three clients; one is SIGKILLed while round 2 trains: the run finishes with two."""
+    port = free_port()
+    server = fleet.start(
+        "server", "server", "--insecure", "--port", str(port), "--rounds", "4",
+        "--min-clients", "2", "--local-epochs", "3", "--round-timeout", "60",
+        "--exit-when-done", "--state-dir", "state", "--output-dir", "out")
+    clients = [fleet.start(f"client{i}", "join", "--insecure", "--server",
+                           f"127.0.0.1:{port}", "--partition", f"{i}/3", "--runtime-port",
+                           str(free_port()), "--home", f"client{i}", "--connect-timeout",
+                           "60") for i in range(3)]
+    deadline = time.monotonic() + 600
+    while not any(len(r["rounds"]) >= 1 for r in _records(tmp_path / "out").values()):
+        assert time.monotonic() < deadline and server.poll() is None, fleet.log("server")
+        time.sleep(0.2)
+    os.killpg(clients[2].pid, signal.SIGKILL)  # mid-round 2: SuperNode, trainer, app
+    assert server.wait(timeout=900) == 0, fleet.log("server")[-3000:]
+    (record,) = _records(tmp_path / "out").values()
+    rounds = record["rounds"]
+    assert record["status"] == "completed" and [r["round"] for r in rounds] == [1, 2, 3, 4]
+    assert rounds[0]["train_replies"] == 3
+    assert all(r["train_replies"] >= 2 for r in rounds)
+    assert rounds[-1]["train_replies"] == 2

@@ -44,6 +44,9 @@ DEFAULT_NODE_KEY = Path.home() / ".fedfleet" / "node-key"
 @click.option("--runtime-port", type=click.IntRange(1, 65535), default=SUPERNODE_PORT,
               show_default=True,
               help="Local port of the SuperNode's Runtime API (one per node on a host).")
+@click.option("--data-retry", type=click.FloatRange(min=0), default=0, show_default=True,
+              help="If the data does not load, report why and check again every this "
+                   "many seconds instead of exiting (containers: no restart loop).")
 @click.option("--connect-timeout", type=click.FloatRange(min=1), default=120.0,
               show_default=True, help="Seconds to wait for the server to answer.")
 @click.option("--warm-trainer/--no-warm-trainer", default=True, show_default=True,
@@ -55,7 +58,7 @@ DEFAULT_NODE_KEY = Path.home() / ".fedfleet" / "node-key"
 def join(server: str, data: str, partition: tuple[int, int] | None,
          label_column: str, class_names: str, root_certificates: Path | None,
          node_key: Path, no_node_key: bool, insecure: bool, runtime_port: int,
-         connect_timeout: float, warm_trainer: bool, home: Path) -> None:
+         data_retry: float, connect_timeout: float, warm_trainer: bool, home: Path) -> None:
     """Join this device to a fedfleet server and train on local data.
 
     The data never leaves the device; only model weights and metrics do. The
@@ -77,7 +80,8 @@ def join(server: str, data: str, partition: tuple[int, int] | None,
     opts = JoinOptions(server=server, node=node, home=home, insecure=insecure,
                        root_certificates=root_certificates, node_key=key,
                        runtime_port=runtime_port,
-                       connect_timeout=connect_timeout, warm_trainer=warm_trainer)
+                       connect_timeout=connect_timeout, data_retry=data_retry,
+                       warm_trainer=warm_trainer)
     sys.exit(run_join(opts))
 
 

@@ -9,6 +9,8 @@ import signal
 import subprocess
 import sys
 import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
@@ -33,6 +35,7 @@ class JoinOptions:
     node_key: Path | None = None
     runtime_port: int = 9094
     connect_timeout: float = 120.0
+    data_retry: float = 0.0  # > 0: on bad data, report and check again this often
     warm_trainer: bool = True
     task_poll_interval: float = 0.1
 
@@ -88,6 +91,29 @@ def check_data(node: NodeData) -> str:
             f"{tuple(info['sample_shape'])}{part}")
 
 
+def wait_for_data(node: NodeData, retry: float,
+                  sleep: Callable[[float], None] = time.sleep) -> str:
+    """Check the data; with ``retry`` > 0, keep reporting and re-checking until it loads.
+
+    A container whose data is broken then stays up and says why, instead of being
+    restarted over and over by its restart policy.
+
+    Raises
+    ------
+    DataError
+        If the data is unusable and ``retry`` is 0.
+    """
+    while True:
+        try:
+            return check_data(node)
+        except DataError as err:
+            if retry <= 0:
+                raise
+            log.error("Data: %s; checking again in %.0fs (fix the data; the node joins "
+                      "once it loads)", err, retry)
+            sleep(retry)
+
+
 def join(opts: JoinOptions) -> int:
     """Check data and server, then run the SuperNode until it exits; return its code.
 
@@ -96,7 +122,7 @@ def join(opts: JoinOptions) -> int:
     FedfleetError
         If the data is unusable or the server does not answer within the timeout.
     """
-    log.info("Data: %s", check_data(opts.node))
+    log.info("Data: %s", wait_for_data(opts.node, opts.data_retry))
     tls = not opts.insecure
     log.info("Waiting for the server at %s (up to %.0fs)", opts.server,
              opts.connect_timeout)
