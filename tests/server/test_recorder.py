@@ -264,3 +264,18 @@ def test_too_few_usable_replies_end_the_run_with_reasons(tmp_path: Path) -> None
     with pytest.raises(FedfleetError, match="round 1 got 1 usable replies, fewer than "
                        "--min-replies 2: node 52: TimeoutError: no reply in time"):
         recorder.end_round(1, ArrayRecord(weights), None)
+
+
+def test_replies_with_different_metric_keys_still_aggregate(tmp_path: Path) -> None:
+    """One client sends an extra metric: the round aggregates on the shared keys."""
+    strategy, recorder, weights = _setup(tmp_path)
+    grid = FakeGrid([61, 62])
+    msgs = sorted(strategy.configure_train(1, ArrayRecord(weights), ConfigRecord(), grid),
+                  key=lambda m: m.metadata.dst_node_id)
+    replies = [_reply(msgs[0], 61, weights, {"num-examples": 10, "train_loss": 1.0,
+                                             "queue_s": 0.2}),
+               _reply(msgs[1], 62, weights, {"num-examples": 30, "train_loss": 2.0})]
+    arrays, metrics = strategy.aggregate_train(1, replies)
+    assert arrays is not None and metrics is not None
+    assert metrics["train_loss"] == pytest.approx(1.75)
+    assert recorder.current["clients"]["61"]["queue_s"] == 0.2

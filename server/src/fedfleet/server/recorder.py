@@ -315,6 +315,23 @@ def wait_for_clients(grid: Grid, needed: int, timeout: float) -> int:
         time.sleep(1.0)
 
 
+def common_metrics(replies: list[Message]) -> list[Message]:
+    """Keep in each reply only the metrics every reply has.
+
+    Flower refuses to aggregate replies whose metric keys differ (a client that
+    skipped an optional metric, or runs another release); every client's own metrics
+    are already recorded, so the aggregate uses the keys they share.
+    """
+    keys = [{k for r in m.content.metric_records.values() for k in r} for m in replies]
+    shared = set.intersection(*keys) if keys else set()
+    for msg, own in zip(replies, keys, strict=True):
+        if own != shared:
+            for name, record in list(msg.content.metric_records.items()):
+                msg.content[name] = MetricRecord(
+                    {k: v for k, v in record.items() if k in shared})
+    return replies
+
+
 class RecordingMixin:
     """Put in front of a Flower strategy class to record rounds (see module doc)."""
 
@@ -339,7 +356,7 @@ class RecordingMixin:
         if len(accepted) < max(1, self.recorder.limits.min_replies):
             return None, None  # the round ends the run with its reasons (end_round)
         arrays, metrics = super().aggregate_train(  # type: ignore[misc]
-            server_round + self.round_offset, accepted)
+            server_round + self.round_offset, common_metrics(accepted))
         self.recorder.aggregated(metrics)
         return self.recorder.conform(arrays), metrics
 
@@ -367,6 +384,6 @@ class RecordingMixin:
         if not ok:
             return None
         metrics = super().aggregate_evaluate(  # type: ignore[misc]
-            server_round + self.round_offset, ok)
+            server_round + self.round_offset, common_metrics(ok))
         self.recorder.aggregated(metrics)
         return metrics  # type: ignore[no-any-return]
