@@ -1,7 +1,8 @@
 """A compromised device's trainer, for tests: trains like the real one, then poisons.
 
 Run as ``python poisoned_worker.py MODE --socket PATH``; MODE is ``scale`` (update x1000),
-``flip`` (update sign-flipped, x10), ``random`` (noise of the same norm) or ``nan``.
+``flip`` (update sign-flipped, x10), ``random`` (noise of the same norm), ``nan`` or
+``none`` (honest). benchmarks/robustness.py uses it too.
 The SuperNode and ClientApp in front of it are the real ones.
 """
 
@@ -24,7 +25,9 @@ def poison(trained: list[np.ndarray], received: list[np.ndarray]) -> list[np.nda
     out = []
     for new, old in zip(trained, received, strict=True):
         update = new - old
-        if MODE == "scale":
+        if MODE == "none":
+            pass
+        elif MODE == "scale":
             update = update * 1000
         elif MODE == "flip":
             update = -10 * update

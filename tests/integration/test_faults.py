@@ -24,6 +24,22 @@ def _records(out: Path) -> dict[int, dict[str, Any]]:
     return records
 
 
+def _power_off(pid: int) -> None:
+    """SIGKILL a process and all its descendants at once, like a device losing power."""
+    tree, queue = [], [pid]
+    while queue:
+        parent = queue.pop()
+        tree.append(parent)
+        children = subprocess.run(["pgrep", "-P", str(parent)], capture_output=True,
+                                  text=True, check=False).stdout.split()
+        queue += [int(c) for c in children]
+    for member in tree:
+        try:
+            os.kill(member, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
 def _crash(fleet: Fleet, port: int) -> None:
     """SIGKILL the server and its SuperLink (and everything they started)."""
     os.killpg(fleet.procs[0].pid, signal.SIGKILL)
@@ -96,7 +112,7 @@ def test_a_client_killed_mid_round_does_not_stall_the_run(
     while not any(len(r["rounds"]) >= 1 for r in _records(tmp_path / "out").values()):
         assert time.monotonic() < deadline and server.poll() is None, fleet.log("server")
         time.sleep(0.2)
-    os.killpg(clients[2].pid, signal.SIGKILL)  # mid-round 2: SuperNode, trainer, app
+    _power_off(clients[2].pid)  # mid-round 2: join, SuperNode, trainer, ClientApp
     assert server.wait(timeout=900) == 0, fleet.log("server")[-3000:]
     (record,) = _records(tmp_path / "out").values()
     rounds = record["rounds"]
