@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -68,6 +69,10 @@ def _continue(resume: ResumePoint, run_id: int, model: Any, recorder: RunRecorde
     if state.exists():
         restore_strategy_state(strategy, state)
     strategy.round_offset = resume.last_round
+    if recorder.outputs is not None:  # so a crash before the next round resumes too
+        shutil.copy2(resume.checkpoint, recorder.outputs.checkpoint(resume.last_round))
+        if state.exists():
+            shutil.copy2(state, state_path(recorder.outputs.directory, resume.last_round))
     recorder.record["run"]["resumed_from"] = {"run_id": resume.run_id,
                                               "round": resume.last_round}
     recorder.record["initial"] = resume.record.get("initial")
