@@ -309,6 +309,17 @@ def connection_options(func: Callable[..., Any]) -> Callable[..., Any]:
     return func
 
 
+def _echo_rows(rows: list[dict[str, Any]], format: str, header: str,
+               line: Callable[[dict[str, Any]], str]) -> None:
+    """Print ``rows`` as JSON, or as a table: ``header`` then one ``line`` per row."""
+    if format == "json":
+        click.echo(json.dumps(rows, indent=1))
+        return
+    click.echo(header)
+    for row in rows:
+        click.echo(line(row))
+
+
 def _control(server: str, insecure: bool, root_certificates: Path | None,
              state_dir: Path) -> Control:
     if not insecure and root_certificates is None and Path(DEFAULT_CA).is_file():
@@ -354,14 +365,10 @@ def runs(server: str, insecure: bool, root_certificates: Path | None, state_dir:
         fedfleet runs
         docker compose exec server fedfleet runs
     """
-    rows = _control(server, insecure, root_certificates, state_dir).runs()
-    if format == "json":
-        click.echo(json.dumps(rows, indent=1))
-        return
-    click.echo(f"{'RUN ID':<22} {'STATUS':<20} {'ELAPSED':>10}  VERSION")
-    for row in rows:
-        click.echo(f"{row['run-id']:<22} {row['status']:<20} {row['elapsed']:>10}  "
-                   f"{row['fab-version']}")
+    _echo_rows(_control(server, insecure, root_certificates, state_dir).runs(), format,
+               f"{'RUN ID':<22} {'STATUS':<20} {'ELAPSED':>10}  VERSION",
+               lambda row: f"{row['run-id']:<22} {row['status']:<20} "
+                           f"{row['elapsed']:>10}  {row['fab-version']}")
 
 
 @click.command("status")
@@ -469,13 +476,10 @@ def nodes_list(server: str, insecure: bool, root_certificates: Path | None,
         fedfleet nodes list
         docker compose exec server fedfleet nodes list
     """
-    rows = _control(server, insecure, root_certificates, state_dir).nodes()
-    if format == "json":
-        click.echo(json.dumps(rows, indent=1))
-        return
-    click.echo(f"{'NODE ID':<22} {'STATUS':<12} ONLINE SINCE")
-    for row in rows:
-        click.echo(f"{row['node-id']:<22} {row['status']:<12} {row.get('online-at') or ''}")
+    _echo_rows(_control(server, insecure, root_certificates, state_dir).nodes(), format,
+               f"{'NODE ID':<22} {'STATUS':<12} ONLINE SINCE",
+               lambda row: f"{row['node-id']:<22} {row['status']:<12} "
+                           f"{row.get('online-at') or ''}")
 
 
 @nodes.command("revoke")
