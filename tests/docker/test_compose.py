@@ -17,6 +17,7 @@ import tarfile
 import time
 import uuid
 from collections.abc import Iterator
+from typing import Any
 from pathlib import Path
 
 import numpy as np
@@ -282,3 +283,55 @@ def test_a_crashed_server_container_comes_back_and_finishes_the_run(
     assert final["run"]["resumed_from"]["run_id"] == old["run"]["run_id"]  # type: ignore[index]
     assert all(r["train_replies"] == 3 for r in rounds)  # type: ignore[index]
     assert rounds[-1]["central_accuracy"] > 0.8  # type: ignore[index]
+
+
+def _records(outputs: Path) -> dict[str, dict[str, Any]]:
+    found = {}
+    for path in outputs.glob("run-*/metrics.json"):
+        try:
+            found[path.parent.name] = json.loads(path.read_text())
+        except json.JSONDecodeError:
+            continue  # being written
+    return found
+
+
+def test_a_client_cut_off_the_network_for_30s_rejoins_and_contributes(
+        stack: tuple[str, dict[str, str], Path]) -> None:
+    """client-3 loses its network for 30 s mid-run; it comes back as the same node.
+
+    Flower declares a node gone only after two missed heartbeats (~60 s), so the round
+    in flight waits for it (well inside the round timeout) instead of failing; after
+    the reconnect the device trains in every later round under the same node ID.
+    """
+    project, env, outputs = stack
+    env = {**env, "FEDFLEET_ROUNDS": "8"}
+    up = _compose(project, env, "up", "--detach", "--no-build", timeout=600)
+    assert up.returncode == 0, up.stderr
+    deadline = time.monotonic() + 900
+    while not any(len(r["rounds"]) >= 2 for r in _records(outputs).values()):
+        assert time.monotonic() < deadline, _compose(project, env, "logs").stdout[-3000:]
+        time.sleep(1)
+    container = f"{project}-client-3-1"
+    network = f"{project}_fleet"
+    subprocess.run(["docker", "network", "disconnect", network, container], check=True,
+                   timeout=60)
+    time.sleep(30)
+    subprocess.run(["docker", "network", "connect", network, container], check=True,
+                   timeout=60)
+    while not any(r["status"] != "running" for r in _records(outputs).values()):
+        assert time.monotonic() < deadline, _compose(project, env, "logs").stdout[-5000:]
+        time.sleep(5)
+    logs = _compose(project, env, "logs", "--no-color", "server", "client-3",
+                    timeout=120).stdout
+    record = next(iter(_records(outputs).values()))
+    assert record["status"] == "completed", logs[-5000:]
+    rounds = record["rounds"]
+    assert [r["round"] for r in rounds] == list(range(1, 9))
+    nodes = [sorted(c["node_id"] for c in r["clients"] if "train_time_s" in c)
+             for r in rounds]
+    assert all(r["train_replies"] == 3 for r in rounds), (nodes, logs[-5000:])
+    assert all(n == nodes[0] for n in nodes), nodes  # same three node IDs throughout
+    client = _compose(project, env, "logs", "--no-color", "client-3", timeout=120).stdout
+    assert "Connection attempt failed, retrying in" in client, client[-3000:]
+    assert "Connection successful after" in client, client[-3000:]  # Flower's backoff
+    assert rounds[-1]["central_accuracy"] > 0.8
