@@ -335,3 +335,74 @@ def test_a_client_cut_off_the_network_for_30s_rejoins_and_contributes(
     assert "Connection attempt failed, retrying in" in client, client[-3000:]
     assert "Connection successful after" in client, client[-3000:]  # Flower's backoff
     assert rounds[-1]["central_accuracy"] > 0.8
+
+
+def _bad_datasets(root: Path) -> dict[str, tuple[Path, str]]:
+    """Write three broken datasets; return name -> (mount dir, expected reason)."""
+    import tensorflow as tf
+
+    def png(path: Path, side: int) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(tf.io.encode_png(np.zeros((side, side, 1), np.uint8)).numpy())
+
+    png(root / "corrupt" / "0" / "a.png", 8)
+    (root / "corrupt" / "1" / "b.png").parent.mkdir(parents=True)
+    (root / "corrupt" / "1" / "b.png").write_bytes(b"half a PNG\x89")
+    png(root / "resized" / "0" / "a.png", 8)
+    png(root / "resized" / "1" / "b.png", 12)  # the shape changes mid-dataset
+    (root / "csv").mkdir()
+    (root / "csv" / "d.csv").write_text("a,b,label\n1,2,0\n3,4,\n5,6,1\n")
+    for path in root.rglob("*"):
+        path.chmod(0o755 if path.is_dir() else 0o644)  # readable by the image's user
+    return {
+        "corrupt": (root / "corrupt", "/data/1/b.png: not a readable image"),
+        "resized": (root / "resized", "/data/1/b.png: image is (12, 12, 1), earlier "
+                                      "images are (8, 8, 1); resize all images"),
+        "csv": (root / "csv", "/data/d.csv:3: missing label"),
+    }
+
+
+def test_bad_data_on_a_device_is_reported_not_crash_looped(
+        images: None, tmp_path: Path) -> None:
+    """A client container with broken data names the file and reason and stays up.
+
+    It checks the data again on its own and goes on to join once the data is fixed.
+    """
+    datasets = _bad_datasets(tmp_path / "data")
+    started = {}
+    try:
+        for name, (folder, _) in datasets.items():
+            data = "/data/d.csv" if name == "csv" else "/data"
+            started[name] = subprocess.run(
+                ["docker", "run", "--detach", "--restart", "on-failure:3",
+                 "--network", "none", "-v", f"{folder}:/data:ro",
+                 "-e", f"FEDFLEET_JOIN_DATA={data}", "-e", "FEDFLEET_JOIN_DATA_RETRY=2",
+                 "-e", "FEDFLEET_JOIN_CONNECT_TIMEOUT=600",
+                 "fedfleet-client:0.1.0", "join", "--server", "nowhere:8000",
+                 "--insecure"], capture_output=True, text=True, check=True,
+                timeout=120).stdout.strip()
+
+        def logs(container: str) -> str:
+            done = subprocess.run(["docker", "logs", container], capture_output=True,
+                                  text=True, timeout=60, check=False)
+            return done.stdout + done.stderr
+
+        deadline = time.monotonic() + 180
+        for name, (_, reason) in datasets.items():
+            while logs(started[name]).count(reason) < 2:  # reported, then re-checked
+                assert time.monotonic() < deadline, logs(started[name])[-2000:]
+                time.sleep(2)
+            state = json.loads(subprocess.run(
+                ["docker", "inspect", started[name]], capture_output=True, text=True,
+                check=True, timeout=60).stdout)[0]
+            assert state["State"]["Running"] and state["RestartCount"] == 0, name
+            assert "Traceback" not in logs(started[name]), logs(started[name])[-2000:]
+
+        (tmp_path / "data" / "csv" / "d.csv").write_text("a,b,label\n1,2,0\n3,4,1\n")
+        while "Waiting for the server at nowhere:8000" not in logs(started["csv"]):
+            assert time.monotonic() < deadline, logs(started["csv"])[-2000:]
+            time.sleep(2)
+    finally:
+        for container in started.values():
+            subprocess.run(["docker", "rm", "--force", container], capture_output=True,
+                           timeout=120, check=False)
