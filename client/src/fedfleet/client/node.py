@@ -19,6 +19,7 @@ from fedfleet.client.nodedata import NodeData
 from fedfleet.client.supervisor import WorkerSupervisor
 from fedfleet.shared import process
 from fedfleet.shared.errors import DataError, FedfleetError
+from fedfleet.shared.tether import tethered
 
 log = logging.getLogger("fedfleet")
 
@@ -171,7 +172,7 @@ def explain(output_tail: str) -> str | None:
 
 
 def _run_supernode(opts: JoinOptions, env: dict[str, str]) -> int:
-    child = subprocess.Popen(supernode_command(opts), env=env, stdout=subprocess.PIPE,
+    child = subprocess.Popen(tethered(supernode_command(opts)), env=env, stdout=subprocess.PIPE,
                              stderr=subprocess.STDOUT, text=True, errors="replace",
                              start_new_session=True)
     log.info("Joined %s; SuperNode running as pid %d", opts.server, child.pid)

@@ -13,6 +13,8 @@ import threading
 import time
 from pathlib import Path
 
+from fedfleet.shared.tether import tethered
+
 log = logging.getLogger("fedfleet")
 
 
@@ -37,8 +39,8 @@ class WorkerSupervisor:
     def _spawn(self) -> None:
         self._started_at = time.monotonic()
         self._proc = subprocess.Popen(
-            [sys.executable, "-m", "fedfleet.client.worker", "--socket",
-             str(self.socket_path), "--parent-pid", str(os.getpid())],
+            tethered([sys.executable, "-m", "fedfleet.client.worker", "--socket",
+                      str(self.socket_path), "--parent-pid", str(os.getpid())]),
             env=self.env, start_new_session=True)
 
     def _watch(self) -> None:

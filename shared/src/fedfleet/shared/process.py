@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from fedfleet.shared.errors import FedfleetError
+from fedfleet.shared.tether import tethered
 
 QUIET_FLOWER_ENV = {
     "FLWR_TELEMETRY_ENABLED": "0",
@@ -149,10 +150,13 @@ def wait_healthy(
 
 def start(cmd: Sequence[str], env: Mapping[str, str], log_file: Path | None = None
           ) -> subprocess.Popen[bytes]:
-    """Start ``cmd`` in its own process group, its output to ``log_file`` or ours."""
+    """Start ``cmd`` in its own process group, its output to ``log_file`` or ours.
+
+    It gets SIGTERM if this process dies, even by SIGKILL (see :mod:`tether`).
+    """
     out = log_file.open("ab") if log_file is not None else None
     try:
-        return subprocess.Popen(list(cmd), env=dict(env), stdout=out,
+        return subprocess.Popen(tethered(cmd), env=dict(env), stdout=out,
                                 stderr=subprocess.STDOUT if out else None,
                                 start_new_session=True)
     finally:
