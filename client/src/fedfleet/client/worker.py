@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from fedfleet.client import wire
+from fedfleet.client.memory import release_startup_pages, resident_mb
 from fedfleet.client.nodedata import NodeData
 from fedfleet.client.training import LocalTrainer
 from fedfleet.shared import errors
@@ -49,6 +50,7 @@ class TrainerPool:
 
     def __init__(self) -> None:
         self._trainers: OrderedDict[tuple[int, NodeData], LocalTrainer] = OrderedDict()
+        self.warm: set[tuple[int, NodeData]] = set()  # trainers past their first call
 
     def get(self, run_id: int, node: NodeData) -> LocalTrainer:
         """Return the trainer of ``run_id`` on ``node``, creating it if needed."""
@@ -56,7 +58,7 @@ class TrainerPool:
         if key not in self._trainers:
             self._trainers[key] = LocalTrainer(node)
             while len(self._trainers) > KEEP_RUNS:
-                self._trainers.popitem(last=False)
+                self.warm.discard(self._trainers.popitem(last=False)[0])
         self._trainers.move_to_end(key)
         return self._trainers[key]
 
@@ -65,14 +67,28 @@ def handle(pool: TrainerPool, header: dict[str, Any], arrays: list[np.ndarray]
            ) -> tuple[dict[str, Any], list[np.ndarray]]:
     """Serve one request: ``train`` or ``evaluate`` for a run on this device."""
     settings = RunSettings.from_run_config(header["settings"])
-    trainer = pool.get(int(header["run_id"]), NodeData.from_node_config(header["node"]))
+    key = (int(header["run_id"]), NodeData.from_node_config(header["node"]))
+    trainer = pool.get(*key)
     if header["op"] == "train":
         weights, metrics = trainer.train(arrays, settings,
                                          proximal_mu=float(header.get("proximal_mu", 0.0)))
-        return {"ok": True, "metrics": metrics}, weights
-    if header["op"] == "evaluate":
-        return {"ok": True, "metrics": trainer.evaluate(arrays, settings)}, []
-    raise errors.ConfigError(f"unknown trainer operation {header['op']!r}")
+        reply: tuple[dict[str, Any], list[np.ndarray]] = (
+            {"ok": True, "metrics": metrics}, weights)
+    elif header["op"] == "evaluate":
+        reply = {"ok": True, "metrics": trainer.evaluate(arrays, settings)}, []
+    else:
+        raise errors.ConfigError(f"unknown trainer operation {header['op']!r}")
+    if key not in pool.warm:  # the model is built and traced: its start-up code is cold
+        pool.warm.add(key)
+        _release_cold_code()
+    return reply
+
+
+def _release_cold_code() -> None:
+    freed = release_startup_pages()
+    if freed:
+        log.info("Trainer: released %.0f MB of start-up code pages (now %.0f MB resident)",
+                 freed, resident_mb())
 
 
 def serve(socket_path: Path, parent_pid: int | None = None) -> None:
@@ -81,6 +97,8 @@ def serve(socket_path: Path, parent_pid: int | None = None) -> None:
     With ``parent_pid`` the worker exits once that process is gone.
     """
     import keras  # noqa: F401  (pay for TensorFlow now, not on the first message)
+
+    _release_cold_code()
 
     pool = TrainerPool()
 
