@@ -17,7 +17,9 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -80,6 +82,78 @@ def _cmdline(pid: int) -> str:
         return ""
 
 
+def _rss_mb(pid: int) -> float:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return 0.0
+
+
+def _role(cmd: str) -> str:
+    for marker, role in (("flower-supernode", "supernode"), ("flower-superexec", "superexec"),
+                         ("fedfleet.client.worker", "trainer"), ("clientapp", "clientapp"),
+                         ("fedfleet join", "join")):
+        if marker in cmd:
+            return role
+    return "other"
+
+
+def supernodes() -> list[int]:
+    """PIDs of every running ``flower-supernode`` (the reference's devices)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and "flower-supernode" in _cmdline(int(entry.name)):
+            found.append(int(entry.name))
+    return found
+
+
+class EdgeSampler(threading.Thread):
+    """Sample the resident memory of each device's whole process tree, 10 times a second.
+
+    A device is a root process (``fedfleet join``, or the reference's SuperNode) and
+    everything below it, including each short-lived ClientApp. Both sides are measured
+    by this same code, so their figures compare.
+    """
+
+    def __init__(self, roots: Callable[[], list[int]], interval: float = 0.1) -> None:
+        """Sample the trees of the PIDs ``roots()`` returns, until :meth:`stop`."""
+        super().__init__(daemon=True)
+        self.roots, self.interval = roots, interval
+        self.samples: list[tuple[float, int, dict[str, float]]] = []
+        self._halt = threading.Event()
+
+    def run(self) -> None:
+        """Take samples until stopped."""
+        while not self._halt.wait(self.interval):
+            now = time.time()
+            for root in self.roots():
+                roles: dict[str, float] = {}
+                for pid in [root, *_descendants(root)]:
+                    role = _role(_cmdline(pid))
+                    roles[role] = roles.get(role, 0.0) + _rss_mb(pid)
+                self.samples.append((now, root, roles))
+
+    def stop(self) -> None:
+        """Stop sampling and wait for the thread."""
+        self._halt.set()
+        self.join(timeout=5)
+
+    def peak(self, start: float, end: float) -> tuple[float, dict[str, float]]:
+        """Return the highest per-device total in [start, end] and each role's peak."""
+        window = [(sum(roles.values()), roles) for t, _, roles in self.samples
+                  if start <= t <= end]
+        if not window:
+            return 0.0, {}
+        roles_peak: dict[str, float] = {}
+        for _, roles in window:
+            for role, mb in roles.items():
+                roles_peak[role] = max(roles_peak.get(role, 0.0), mb)
+        return max(total for total, _ in window), roles_peak
+
+
 def edge_daemons_mb(join_pid: int) -> dict[str, float]:
     """Peak RSS (VmHWM) of one device's long-lived processes, by role."""
     roles = {"join": _hwm_mb(join_pid) or 0.0}
@@ -140,6 +214,8 @@ def run_fedfleet(sc: Scenario, timeout: float = 1800) -> dict[str, Any]:
     env = {**os.environ, **QUIET}
     port = free_port()
     procs: list[subprocess.Popen[bytes]] = []
+    joins: list[subprocess.Popen[bytes]] = []
+    sampler = EdgeSampler(lambda: [j.pid for j in joins])
 
     def start(name: str, *args: str) -> subprocess.Popen[bytes]:
         proc = subprocess.Popen([FEDFLEET, *args], cwd=work, env=env,
@@ -159,7 +235,8 @@ def run_fedfleet(sc: Scenario, timeout: float = 1800) -> dict[str, Any]:
                        "--exit-when-done", "--state-dir", "state", "--output-dir", "out")
         if _wait_for_line(work / "server.log", "waiting for", 120) is None:
             raise RuntimeError(f"server did not start: {(work / 'server.log').read_text()}")
-        joins, starts = [], []
+        starts = []
+        sampler.start()
         for i in range(sc.clients):
             joins.append(start(f"client{i}", "join", "--insecure", "--server",
                                f"127.0.0.1:{port}", "--partition", f"{i}/{sc.clients}",
@@ -172,11 +249,15 @@ def run_fedfleet(sc: Scenario, timeout: float = 1800) -> dict[str, Any]:
             time.sleep(1.0)
             if any((work / "out").glob("run-*/metrics.json")):
                 memory = [edge_daemons_mb(j.pid) for j in joins]
+        sampler.stop()
         if server.returncode != 0:
             raise RuntimeError(f"fedfleet run failed:\n{(work / 'server.log').read_text()}")
         (run_dir,) = (work / "out").glob("run-*")
         record = json.loads((run_dir / "metrics.json").read_text())
         rounds = record["rounds"]
+        steady = rounds[1:] or rounds
+        round_peak, round_roles = sampler.peak(
+            steady[0]["started_at"], steady[-1]["started_at"] + steady[-1]["wall_s"])
         model_bytes = record["run"]["model_bytes"]
         walls = [r["wall_s"] for r in rounds]
         overheads = [r["wall_s"] - r["max_client_train_s"] for r in rounds]
@@ -199,11 +280,14 @@ def run_fedfleet(sc: Scenario, timeout: float = 1800) -> dict[str, Any]:
             "model_bytes": model_bytes,
             "edge_peak_mb": max(per_device),
             "edge_processes_mb": {**memory[0], "clientapp": clientapp_peak} if memory else {},
+            "edge_round_peak_mb": round_peak,
+            "edge_round_processes_mb": round_roles,
             "client_start_s": max((s for s in starts if s is not None), default=None),
         }
     finally:
         for proc in reversed(procs):
             _stop_group(proc)
+        sampler.stop()
         shutil.rmtree(work, ignore_errors=True)
 
 
@@ -219,10 +303,13 @@ def run_reference(sc: Scenario, baseline: Path, data: Path,
            "RUN_CONFIG": f"local-epochs={sc.local_epochs} batch-size={sc.batch_size} "
                          f"learning-rate={sc.learning_rate} "
                          f"partitioning='{sc.partitioning}'"}
+    sampler = EdgeSampler(supernodes)
+    sampler.start()
     try:
         done = subprocess.run(["bash", str(baseline / "run_baseline.sh"), str(data),
                                str(sc.clients), str(sc.rounds), str(out)], env=env,
                               capture_output=True, text=True, timeout=timeout, check=False)
+        sampler.stop()
         if done.returncode != 0 or not out.exists():
             raise RuntimeError(f"reference run failed:\n{done.stderr[-3000:]}")
         result = json.loads(out.read_text())
@@ -232,6 +319,9 @@ def run_reference(sc: Scenario, baseline: Path, data: Path,
                          if k.startswith("supernode")), {})
         clientapp_peak = max(r["max_client_peak_rss_mb"] or 0.0 for r in rounds)
         t0 = raw["rounds"][0]["t_start_unix"]
+        steady = raw["rounds"][1:] or raw["rounds"]
+        round_peak, round_roles = sampler.peak(steady[0]["t_start_unix"],
+                                               steady[-1]["t_end_unix"])
         return {
             "rounds": [{k: r.get(k) for k in ("round", "wall_s", "max_client_train_s",
                                               "accuracy")} for r in rounds],
@@ -249,7 +339,10 @@ def run_reference(sc: Scenario, baseline: Path, data: Path,
             "edge_processes_mb": {"supernode": node.get("peak_rss_mb"),
                                   "superexec": node.get("superexec_peak_rss_mb"),
                                   "clientapp": clientapp_peak},
+            "edge_round_peak_mb": round_peak,
+            "edge_round_processes_mb": round_roles,
             "client_start_s": meta.get("supernodes_ready_s"),
         }
     finally:
+        sampler.stop()
         shutil.rmtree(work, ignore_errors=True)

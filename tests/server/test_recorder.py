@@ -22,7 +22,7 @@ from fedfleet.server.recorder import (
     wait_for_clients,
 )
 from fedfleet.server.strategies import make_strategy
-from fedfleet.shared.compression import encode_update
+from fedfleet.shared.compression import decode_weights, encode_update
 from fedfleet.shared.errors import FedfleetError
 from fedfleet.shared.models import build_model
 from fedfleet.shared.settings import RunSettings
@@ -165,12 +165,13 @@ def test_recorder_writes_status(tmp_path: Path) -> None:
 
 
 def test_int8_updates_are_decoded_before_aggregation(tmp_path: Path) -> None:
-    """Compressed runs send float16 down and rebuild float32 weights from int8 up."""
+    """Compressed runs send packed float16 down and rebuild float32 weights from int8."""
     strategy, recorder, weights = _setup(tmp_path, compression="int8")
     grid = FakeGrid([1, 2])
     msgs = list(strategy.configure_train(1, ArrayRecord(weights), ConfigRecord(), grid))
-    sent = msgs[0].content["arrays"].to_numpy_ndarrays()
-    assert {a.dtype for a in sent} == {np.dtype(np.float16)}
+    sent = decode_weights(msgs[0].content["arrays"].to_numpy_ndarrays(), "int8")
+    for got, want in zip(sent, weights, strict=True):
+        np.testing.assert_array_equal(got, want.astype(np.float16).astype(np.float32))
     plus = [w + 0.5 for w in weights]
     replies = [_reply(m, m.metadata.dst_node_id,
                       encode_update(plus, weights, "int8"), {"num-examples": 5})

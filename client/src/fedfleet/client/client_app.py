@@ -19,7 +19,7 @@ from flwr.clientapp import ClientApp
 from fedfleet.client import worker
 from fedfleet.client.nodedata import NodeData
 from fedfleet.client.training import LocalTrainer
-from fedfleet.shared.compression import encode_update
+from fedfleet.shared.compression import decode_weights, encode_update
 from fedfleet.shared.constants import ARRAYS_KEY, CONFIG_KEY, METRICS_KEY
 from fedfleet.shared.errors import VersionMismatchError
 from fedfleet.shared.logs import get_logger
@@ -51,10 +51,10 @@ def _prepare(msg: Message, context: Context) -> RunSettings:
     return settings
 
 
-def _received_weights(msg: Message) -> list[np.ndarray]:
-    """Return the global weights; float16 (compressed) ones widened to float32."""
+def _received_weights(msg: Message, settings: RunSettings) -> list[np.ndarray]:
+    """Return the global weights, unpacked to float32 if the run compresses them."""
     arrays = msg.content.array_records[ARRAYS_KEY].to_numpy_ndarrays()
-    return [a.astype(np.float32) if a.dtype == np.float16 else a for a in arrays]
+    return decode_weights(arrays, settings.compression)
 
 
 def _run(op: str, msg: Message, context: Context, settings: RunSettings,
@@ -104,7 +104,7 @@ def train(msg: Message, context: Context) -> Message:
     settings = _prepare(msg, context)
     config = msg.content.config_records.get(CONFIG_KEY)
     mu = config.get("proximal-mu", 0.0) if config is not None else 0.0  # set by FedProx
-    weights = _received_weights(msg)
+    weights = _received_weights(msg, settings)
     metrics, new = _run("train", msg, context, settings, weights,
                         proximal_mu=float(mu))  # type: ignore[arg-type]
     log.info("Trained on %d samples in %.2fs (loss %.4f)", int(metrics["num-examples"]),
@@ -120,6 +120,7 @@ def evaluate(msg: Message, context: Context) -> Message:
     """Evaluate the received global model on this device's hold-out data."""
     _HANDLER_ENTERED[id(msg)] = time.time()
     settings = _prepare(msg, context)
-    metrics, _ = _run("evaluate", msg, context, settings, _received_weights(msg))
+    metrics, _ = _run("evaluate", msg, context, settings,
+                      _received_weights(msg, settings))
     content = RecordDict({METRICS_KEY: MetricRecord(_with_timing(metrics, msg))})
     return Message(content=content, reply_to=msg)

@@ -86,7 +86,7 @@ RUN_OPTIONS: list[Callable[[Any], Any]] = [
     click.option("--compression", type=click.Choice(["none", "float16", "int8"]),
                  default=D.compression, show_default=True,
                  help="Send global weights as float16 and client updates as float16 "
-                      "or int8 (per-tensor scale)."),
+                      "or int8 (per-tensor scale); float16 is also deflated (lossless)."),
     click.option("--max-examples", type=click.IntRange(min=1), default=D.max_examples,
                  show_default=True,
                  help="Reject a reply claiming more training examples than this."),

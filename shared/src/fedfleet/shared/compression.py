@@ -5,10 +5,18 @@ on. Upstream (client to server) the client sends its *update* (new weights minus
 weights it received): as float16, or as int8 with one float32 scale per tensor. The
 server adds the decoded update to the exact global weights before it validates and
 aggregates, so strategies only ever see full-precision float32 weights.
+
+float16 tensors travel packed, all of a message's in one pair of arrays: a header
+(int64: count, then each tensor's ndim and dims) and the half-precision bytes, split
+into a low and a high byte plane and deflated (zlib). The high bytes (sign and
+exponent) repeat a lot, so this lossless step saves another 10-15 % on trained
+weights and updates, and two arrays cost Flower fewer objects to ship than one each.
 """
 
 from __future__ import annotations
 
+import math
+import zlib
 from collections.abc import Sequence
 
 import numpy as np
@@ -18,12 +26,96 @@ from fedfleet.shared.errors import ModelMismatchError
 METHODS = ("none", "float16", "int8")
 
 
+MAX_VALUES = 2**31
+"""Most values a packed float16 header may announce (guards the inflate step)."""
+
+
+def pack_float16(tensors: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """Return ``[header, payload]`` holding every tensor as float16.
+
+    The header (int64) is the tensor count, then each tensor's ndim and dims; the
+    payload (uint8) is all the float16 values, split into a low and a high byte plane
+    and deflated.
+
+    Raises
+    ------
+    ValueError
+        If a tensor is not floating point.
+    """
+    header: list[int] = [len(tensors)]
+    halves = []
+    for tensor in tensors:
+        if not np.issubdtype(tensor.dtype, np.floating):
+            raise ValueError(f"float16 compression needs floating-point tensors, got "
+                             f"{tensor.dtype}; run without --compression")
+        header += [tensor.ndim, *tensor.shape]
+        halves.append(np.asarray(tensor, dtype=np.float16).reshape(-1))
+    values = np.concatenate(halves) if halves else np.zeros(0, np.float16)
+    planes = values.view(np.uint8).reshape(-1, 2).T.tobytes()
+    return [np.array(header, dtype=np.int64),
+            np.frombuffer(zlib.compress(planes, 6), dtype=np.uint8)]
+
+
+def _shapes(header: np.ndarray, what: str) -> list[tuple[int, ...]]:
+    dims = [int(d) for d in header.reshape(-1)] if header.dtype == np.int64 else []
+    shapes: list[tuple[int, ...]] = []
+    pos = 1
+    while dims and len(shapes) < dims[0] and pos < len(dims):
+        ndim = dims[pos]
+        shape = tuple(dims[pos + 1:pos + 1 + ndim])
+        if ndim < 0 or len(shape) != ndim or any(d < 0 for d in shape):
+            break
+        shapes.append(shape)
+        pos += 1 + ndim
+    if not dims or len(shapes) != dims[0] or pos != len(dims):
+        raise ModelMismatchError(f"{what} is not a packed float16 header")
+    return shapes
+
+
+def unpack_float16(arrays: Sequence[np.ndarray], what: str) -> list[np.ndarray]:
+    """Invert :func:`pack_float16`; return float32 tensors.
+
+    Raises
+    ------
+    ModelMismatchError
+        If ``arrays`` are not a packed pair (``what`` names them in the message).
+    """
+    if len(arrays) != 2 or arrays[1].dtype != np.uint8:
+        raise ModelMismatchError(f"{what} is not a packed float16 pair (header, payload), "
+                                 f"got {len(arrays)} arrays")
+    shapes = _shapes(arrays[0], what)
+    sizes = [math.prod(shape) for shape in shapes]
+    count = sum(sizes)
+    if count > MAX_VALUES:
+        raise ModelMismatchError(f"{what} announces {count} values, too many")
+    inflater = zlib.decompressobj()
+    try:  # at most one byte more than the header needs: no inflating a bomb
+        raw = inflater.decompress(arrays[1].tobytes(), 2 * count + 1)
+    except zlib.error as err:
+        raise ModelMismatchError(f"{what} does not inflate ({err})") from err
+    if len(raw) != 2 * count or not inflater.eof:
+        raise ModelMismatchError(f"{what} is not complete: its header needs "
+                                 f"{2 * count} bytes")
+    values = np.frombuffer(raw, np.uint8).reshape(2, count).T.copy().view(np.float16)
+    out, start = [], 0
+    for shape, size in zip(shapes, sizes, strict=True):
+        out.append(values[start:start + size].reshape(shape).astype(np.float32))
+        start += size
+    return out
+
+
 def encode_weights(weights: Sequence[np.ndarray], method: str) -> list[np.ndarray]:
-    """Prepare global weights for sending to clients."""
+    """Prepare global weights for sending to clients (packed float16 if compressing)."""
     if method == "none":
         return list(weights)
-    return [w.astype(np.float16) if np.issubdtype(w.dtype, np.floating) else w
-            for w in weights]
+    return pack_float16(weights)
+
+
+def decode_weights(arrays: Sequence[np.ndarray], method: str) -> list[np.ndarray]:
+    """Rebuild float32 global weights from what :func:`encode_weights` produced."""
+    if method == "none":
+        return list(arrays)
+    return unpack_float16(arrays, "the global model")
 
 
 def encode_update(new: Sequence[np.ndarray], base: Sequence[np.ndarray], method: str
@@ -34,7 +126,7 @@ def encode_update(new: Sequence[np.ndarray], base: Sequence[np.ndarray], method:
     deltas = [n.astype(np.float32) - b.astype(np.float32)
               for n, b in zip(new, base, strict=True)]
     if method == "float16":
-        return [d.astype(np.float16) for d in deltas]
+        return pack_float16(deltas)
     if method == "int8":
         out: list[np.ndarray] = []
         for delta in deltas:
@@ -58,7 +150,7 @@ def decode_update(arrays: Sequence[np.ndarray], base: Sequence[np.ndarray], meth
     if method == "none":
         return list(arrays)
     if method == "float16":
-        deltas = list(arrays)
+        deltas = unpack_float16(arrays, f"float16 update from {origin}")
     elif method == "int8":
         if len(arrays) != 2 * len(base):
             raise ModelMismatchError(f"int8 update from {origin} has {len(arrays)} "
