@@ -25,11 +25,13 @@ ROOT = Path(__file__).resolve().parents[1]
 POISONED = ROOT / "tests" / "integration" / "poisoned_worker.py"
 ROUNDS = 3
 STRATEGY_ARGS = {"fedtrimmedavg": ["--strategy-param", "beta=0.2"],
-                 "krum": ["--strategy-param", "num_malicious_nodes=1"]}
+                 "krum": ["--strategy-param", "num_malicious_nodes=1"],
+                 "multikrum": ["--strategy-param", "num_malicious_nodes=1",
+                               "--strategy-param", "num_nodes_to_select=3"]}
 OFF = ["--max-update-norm-ratio", "0"]
 MATRIX = [("fedavg", "none", OFF)] + [
     (strategy, attack, OFF) for attack in ("scale", "flip", "random")
-    for strategy in ("fedavg", "fedmedian", "fedtrimmedavg", "krum")] + [
+    for strategy in ("fedavg", "fedmedian", "fedtrimmedavg", "krum", "multikrum")] + [
     ("fedavg", attack, []) for attack in ("scale", "flip", "random")]
 
 

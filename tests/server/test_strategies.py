@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from flwr.serverapp.strategy import FedProx, FedTrimmedAvg, Krum
+from flwr.serverapp.strategy import FedProx, FedTrimmedAvg, Krum, MultiKrum
 
 from fedfleet.server.strategies import STRATEGIES, make_strategy, tunable_params
 from fedfleet.shared.errors import ConfigError
@@ -27,6 +27,9 @@ def test_parameters_reach_the_strategy() -> None:
     krum = make_strategy(RunSettings(strategy="krum",
                                      strategy_params="num_malicious_nodes=1"))
     assert isinstance(krum, Krum) and krum.num_malicious_nodes == 1
+    multi = make_strategy(RunSettings(
+        strategy="multikrum", strategy_params="num_malicious_nodes=1,num_nodes_to_select=3"))
+    assert isinstance(multi, MultiKrum) and multi.num_nodes_to_select == 3
 
 
 @pytest.mark.parametrize(

@@ -12,6 +12,7 @@ from flwr.serverapp.strategy import (
     FedProx,
     FedTrimmedAvg,
     Krum,
+    MultiKrum,
     Strategy,
 )
 
@@ -25,6 +26,7 @@ STRATEGIES: dict[str, type[Strategy]] = {
     "fedmedian": FedMedian,
     "fedtrimmedavg": FedTrimmedAvg,
     "krum": Krum,
+    "multikrum": MultiKrum,
 }
 
 MANAGED = {"fraction_train", "fraction_evaluate", "min_train_nodes",
