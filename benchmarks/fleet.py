@@ -51,10 +51,11 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _hwm_mb(pid: int) -> float | None:
+def _status_mb(pid: int, key: str) -> float | None:
+    """Return a memory field of /proc/PID/status (``VmHWM``, ``VmRSS``) in MB."""
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
+            if line.startswith(f"{key}:"):
                 return int(line.split()[1]) / 1024.0
     except OSError:
         return None
@@ -80,16 +81,6 @@ def _cmdline(pid: int) -> str:
         return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
     except OSError:
         return ""
-
-
-def _rss_mb(pid: int) -> float:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024.0
-    except OSError:
-        pass
-    return 0.0
 
 
 def _role(cmd: str) -> str:
@@ -133,7 +124,7 @@ class EdgeSampler(threading.Thread):
                 roles: dict[str, float] = {}
                 for pid in [root, *_descendants(root)]:
                     role = _role(_cmdline(pid))
-                    roles[role] = roles.get(role, 0.0) + _rss_mb(pid)
+                    roles[role] = roles.get(role, 0.0) + (_status_mb(pid, "VmRSS") or 0.0)
                 self.samples.append((now, root, roles))
 
     def stop(self) -> None:
@@ -156,14 +147,14 @@ class EdgeSampler(threading.Thread):
 
 def edge_daemons_mb(join_pid: int) -> dict[str, float]:
     """Peak RSS (VmHWM) of one device's long-lived processes, by role."""
-    roles = {"join": _hwm_mb(join_pid) or 0.0}
+    roles = {"join": _status_mb(join_pid, "VmHWM") or 0.0}
     for pid in _descendants(join_pid):
         cmd = _cmdline(pid)
         role = ("supernode" if "flower-supernode" in cmd else
                 "superexec" if "flower-superexec" in cmd else
                 "trainer" if "fedfleet.client.worker" in cmd else None)
         if role:
-            roles[role] = max(roles.get(role, 0.0), _hwm_mb(pid) or 0.0)
+            roles[role] = max(roles.get(role, 0.0), _status_mb(pid, "VmHWM") or 0.0)
     return roles
 
 

@@ -14,11 +14,8 @@ the same file. Measured on the digits CNN: the trainer's resident memory drops f
 from __future__ import annotations
 
 import ctypes
-import logging
 import sys
 from pathlib import Path
-
-log = logging.getLogger("fedfleet")
 
 MADV_DONTNEED = 4
 

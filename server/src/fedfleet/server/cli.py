@@ -25,6 +25,7 @@ from fedfleet.server.service import (
 )
 from fedfleet.server.strategies import STRATEGIES, strategy_kwargs
 from fedfleet.shared import process
+from fedfleet.shared.compression import METHODS
 from fedfleet.shared.constants import SUPERLINK_PORT
 from fedfleet.shared.data import load_dataset
 from fedfleet.shared.models import resolve_builder
@@ -83,7 +84,7 @@ RUN_OPTIONS: list[Callable[[Any], Any]] = [
                  help="with-train: clients score the global model at the start of the "
                       "next train message (one message per round); separate: Flower's "
                       "evaluate message every round."),
-    click.option("--compression", type=click.Choice(["none", "float16", "int8"]),
+    click.option("--compression", type=click.Choice(METHODS),
                  default=D.compression, show_default=True,
                  help="Send global weights as float16 and client updates as float16 "
                       "or int8 (per-tensor scale); float16 is also deflated (lossless)."),
