@@ -11,7 +11,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import sqlite3
 import statistics
 import subprocess
@@ -23,6 +22,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+sys.path.insert(0, str(Path(__file__).parents[1] / "tests"))
+from ports import free_port  # noqa: E402  (re-exported for robustness.py)
 
 VENV_BIN = Path(sys.executable).parent
 FEDFLEET = str(VENV_BIN / "fedfleet")
@@ -44,11 +46,6 @@ class Scenario:
     target_accuracy: float = 0.90
 
 
-def free_port() -> int:
-    """Return a free TCP port on 127.0.0.1."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _status_mb(pid: int, key: str) -> float | None:

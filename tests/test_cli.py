@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import json
 import re
-import socket
 from pathlib import Path
 
 import click
 import pytest
 from click.testing import CliRunner
+from ports import free_port
 
 from fedfleet.shared.cli import cli
 
@@ -68,10 +68,6 @@ def test_readme_documents_every_command(name: str) -> None:
     assert re.search(rf"fedfleet {name}\b", (ROOT / "README.md").read_text())
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.mark.parametrize(
@@ -97,13 +93,14 @@ def test_bad_input_is_one_line_and_nonzero(args: list[str], message: str) -> Non
     result = CliRunner().invoke(cli, args)
     assert result.exit_code != 0
     assert message in result.output
-    assert "Traceback" not in result.output and result.exception is None or \
-        isinstance(result.exception, SystemExit)
+    assert "Traceback" not in result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit), \
+        result.exception
 
 
 def test_join_gives_up_on_an_unreachable_server() -> None:
     """No server at the address: a bounded wait, then one line."""
-    port = _free_port()
+    port = free_port()
     result = CliRunner().invoke(cli, ["join", "--insecure", "--server",
                                       f"127.0.0.1:{port}", "--connect-timeout", "1"])
     assert result.exit_code == 1

@@ -11,7 +11,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import tarfile
 import time
@@ -22,6 +21,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from ports import free_port
 
 pytestmark = pytest.mark.docker
 
@@ -62,10 +62,6 @@ def images(docker_ok: None) -> None:
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture
@@ -74,7 +70,7 @@ def stack(images: None, tmp_path: Path) -> Iterator[tuple[str, dict[str, str], P
     project = f"fedfleet-e2e-{uuid.uuid4().hex[:8]}"
     outputs = tmp_path / "outputs"
     outputs.mkdir()
-    env = {"FEDFLEET_OUTPUT_DIR": str(outputs), "FEDFLEET_PORT": str(_free_port()),
+    env = {"FEDFLEET_OUTPUT_DIR": str(outputs), "FEDFLEET_PORT": str(free_port()),
            "FEDFLEET_SECRETS_DIR": str(tmp_path / "secrets")}
     try:
         yield project, env, outputs

@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fleet_helpers import Fleet, free_port
+from fleet_helpers import Fleet
+from ports import free_port
 
 pytestmark = pytest.mark.integration
 

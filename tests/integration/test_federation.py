@@ -12,7 +12,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from fleet_helpers import Fleet, free_port
+from fleet_helpers import Fleet
+from ports import free_port
 
 pytestmark = pytest.mark.integration
 

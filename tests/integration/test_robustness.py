@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fleet_helpers import Fleet, free_port
+from fleet_helpers import Fleet
+from ports import free_port
 
 from fedfleet.client.node import JoinOptions, supernode_command
 from fedfleet.client.nodedata import NodeData

@@ -10,7 +10,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fleet_helpers import Fleet, cli, free_port
+from fleet_helpers import Fleet, cli
+from ports import free_port
 
 from fedfleet.server.certs import create_certificates
 

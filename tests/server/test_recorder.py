@@ -38,9 +38,6 @@ class FakeGrid(Grid):
     def get_node_ids(self) -> Iterable[int]:
         return list(self.nodes)
 
-    def __getattribute__(self, name: str):  # type: ignore[no-untyped-def]
-        return object.__getattribute__(self, name)
-
 
 for _name in list(Grid.__abstractmethods__):
     if _name != "get_node_ids":

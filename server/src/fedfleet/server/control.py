@@ -15,6 +15,22 @@ from fedfleet.shared.settings import RunSettings
 
 CONNECTION = "fedfleet"
 
+DEFAULT_CA = Path("certificates") / "ca.crt"
+"""Where 'fedfleet certs' puts the CA by default; admin commands look there."""
+
+
+def connect(address: str, state_dir: Path, insecure: bool = False,
+            root_certificates: Path | None = None) -> Control:
+    """Return a Control API client for the SuperLink at ``address``.
+
+    Its ``flwr`` settings live in ``state_dir/cli``. Over TLS without a CA given, it
+    trusts ``certificates/ca.crt`` when that file exists, else the system's CAs.
+    """
+    if not insecure and root_certificates is None and DEFAULT_CA.is_file():
+        root_certificates = DEFAULT_CA
+    return Control(address, state_dir / "cli", insecure=insecure,
+                   root_certificates=root_certificates)
+
 
 @dataclass(frozen=True)
 class Control:

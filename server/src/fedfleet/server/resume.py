@@ -19,6 +19,7 @@ import numpy as np
 
 from fedfleet.server.outputs import read_metrics
 from fedfleet.shared.constants import CHECKPOINT_DIR
+from fedfleet.shared.settings import RunSettings
 
 STATE_ATTRIBUTES = ("m_t", "v_t")
 """Strategy attributes that carry state from round to round (Flower's FedOpt family)."""
@@ -92,3 +93,20 @@ def interrupted_runs(output_dir: Path) -> list[ResumePoint]:
     points = [p for d in output_dir.glob("run-*") if (p := resume_point(d)) is not None]
     return sorted(points, key=lambda p: p.record["run"].get("started_at", 0),
                   reverse=True)
+
+
+def find_interrupted(output_dir: Path) -> ResumePoint | None:
+    """Return the newest run in ``output_dir`` that a crash interrupted.
+
+    Its ServerApp ran under the SuperLink that ``fedfleet server`` started last time,
+    so a record still marked running, seen from a freshly started server, belongs to
+    a dead run.
+    """
+    points = interrupted_runs(output_dir)
+    return points[0] if points else None
+
+
+def continuation(point: ResumePoint) -> RunSettings:
+    """Return the settings that continue ``point``: its own, pointed at its directory."""
+    return RunSettings.from_run_config(point.settings).replace(
+        resume_from=str(point.run_dir.resolve()))

@@ -1,0 +1,154 @@
+"""Options several server commands share: run settings, how to reach the server."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from fedfleet.server.control import Control, connect
+from fedfleet.server.runplan import plan_run
+from fedfleet.server.strategies import STRATEGIES
+from fedfleet.shared.compression import METHODS
+from fedfleet.shared.constants import SUPERLINK_PORT
+from fedfleet.shared.data.partition import PARTITIONINGS
+from fedfleet.shared.options import ADDRESS
+from fedfleet.shared.settings import CLIENT_EVAL, RunSettings
+
+FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
+DIR = click.Path(file_okay=False, path_type=Path)
+FORMATS = ("table", "json")
+
+D = RunSettings  # defaults live on the dataclass: one source for CLI, compose and apps
+
+RUN_OPTIONS: list[Callable[[Any], Any]] = [
+    click.option("--rounds", type=click.IntRange(min=1),
+                 default=D.num_rounds, show_default=True, help="Training rounds."),
+    click.option("--local-epochs", type=click.IntRange(min=1), default=D.local_epochs,
+                 show_default=True, help="Epochs each client trains per round."),
+    click.option("--batch-size", type=click.IntRange(min=1), default=D.batch_size,
+                 show_default=True, help="Client batch size."),
+    click.option("--learning-rate", type=click.FloatRange(min=0, min_open=True),
+                 default=D.learning_rate, show_default=True,
+                 help="Client learning rate (Adam)."),
+    click.option("--fraction-train", type=click.FloatRange(0, 1, min_open=True),
+                 default=D.fraction_train, show_default=True,
+                 help="Share of connected clients that train each round."),
+    click.option("--fraction-evaluate", type=click.FloatRange(0, 1),
+                 default=D.fraction_evaluate, show_default=True,
+                 help="Share of clients that evaluate each round (0: none)."),
+    click.option("--min-clients", type=click.IntRange(min=1), default=D.min_clients,
+                 show_default=True, help="Clients needed before a round starts."),
+    click.option("--strategy", type=click.Choice(list(STRATEGIES),
+                 case_sensitive=False), default=D.strategy, show_default=True,
+                 help="Aggregation strategy."),
+    click.option("--strategy-param", multiple=True,
+                 metavar="KEY=VALUE",
+                 help="Strategy parameter, repeatable (e.g. proximal_mu=0.1, beta=0.2, "
+                      "num_malicious_nodes=1, eta=0.01)."),
+    click.option("--model", default=D.model, show_default=True,
+                 help="Model: cnn, mlp, or package.module:function."),
+    click.option("--input-shape", default=None,
+                 help="Model input shape, e.g. 28,28,1 [default: from --eval-data]"),
+    click.option("--num-classes", type=click.IntRange(min=2), default=None,
+                 help="Number of classes [default: from --eval-data]"),
+    click.option("--partitioning", type=click.Choice(PARTITIONINGS),
+                 default=D.partitioning, show_default=True,
+                 help="How demo clients split a shared dataset (--partition I/N)."),
+    click.option("--dirichlet-alpha", type=click.FloatRange(min=0, min_open=True),
+                 default=D.dirichlet_alpha, show_default=True,
+                 help="Dirichlet concentration; small = more skewed labels."),
+    click.option("--data-seed", type=int, default=D.data_seed, show_default=True,
+                 help="Seed for partitions and local hold-out splits."),
+    click.option("--eval-fraction", type=click.FloatRange(0, 1, max_open=True),
+                 default=D.eval_fraction, show_default=True,
+                 help="Share of each client's data held out for its evaluation."),
+    click.option("--eval-data", default=D.eval_data, show_default=True,
+                 help="Server-side test set for centralized evaluation ('' for none)."),
+    click.option("--client-eval", type=click.Choice(CLIENT_EVAL),
+                 default=D.client_eval, show_default=True,
+                 help="with-train: clients score the global model at the start of the "
+                      "next train message (one message per round); separate: Flower's "
+                      "evaluate message every round."),
+    click.option("--compression", type=click.Choice(METHODS),
+                 default=D.compression, show_default=True,
+                 help="Send global weights as float16 and client updates as float16 "
+                      "or int8 (per-tensor scale); float16 is also deflated (lossless)."),
+    click.option("--max-examples", type=click.IntRange(min=1), default=D.max_examples,
+                 show_default=True,
+                 help="Reject a reply claiming more training examples than this."),
+    click.option("--max-update-norm-ratio", type=click.FloatRange(min=0),
+                 default=D.max_update_norm_ratio, show_default=True,
+                 help="Reject a reply whose update norm exceeds this many times the "
+                      "round's median (needs 3+ replies; 0: off)."),
+    click.option("--min-replies", type=click.IntRange(min=1), default=D.min_replies,
+                 show_default=True,
+                 help="Usable replies a round needs by --round-timeout; with fewer the "
+                      "run ends with the reasons."),
+    click.option("--round-timeout", type=click.FloatRange(min=1), default=D.round_timeout,
+                 show_default=True, help="Seconds a round waits for client replies."),
+    click.option("--client-wait-timeout", type=click.FloatRange(min=1),
+                 default=D.client_wait_timeout, show_default=True,
+                 help="Seconds to wait for --min-clients before giving up."),
+]
+
+
+def run_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Add the run-setting options to a command."""
+    for option in reversed(RUN_OPTIONS):
+        func = option(func)
+    return func
+
+
+def settings_from(options: dict[str, Any], output_dir: Path) -> RunSettings:
+    """Build run settings from parsed options (popping them from ``options``)."""
+    values = {k: options.pop(k) for k in list(options)
+              if k in RunSettings.__dataclass_fields__}
+    values["num_rounds"] = options.pop("rounds")
+    values["strategy_params"] = ",".join(options.pop("strategy_param") or ())
+    return plan_run(values, output_dir)
+
+
+def connection_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Add the options that point the Control API client at a server."""
+    for option in reversed([
+        click.option("--server", type=ADDRESS, default=f"127.0.0.1:{SUPERLINK_PORT}",
+                     show_default=True, help="The SuperLink (from the server host)."),
+        click.option("--insecure", is_flag=True, help="The server runs without TLS."),
+        click.option("--root-certificates", type=FILE, default=None,
+                     envvar="FEDFLEET_ROOT_CERTIFICATES",
+                     help="CA certificate of the server's TLS certificate "
+                          "[default: certificates/ca.crt if present, else the system's]"),
+        click.option("--state-dir", type=DIR, default=Path("fedfleet-state"),
+                     show_default=True, help="Where the CLI keeps its settings."),
+    ]):
+        func = option(func)
+    return func
+
+
+def control_from(server: str, insecure: bool, root_certificates: Path | None,
+                 state_dir: Path) -> Control:
+    """Return the Control API client that :func:`connection_options` point at."""
+    return connect(server, state_dir, insecure=insecure,
+                   root_certificates=root_certificates)
+
+
+def format_option(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Add ``--format table|json``."""
+    return click.option("--format", "format", type=click.Choice(FORMATS),
+                        default="table", show_default=True,
+                        help="Output format.")(func)
+
+
+def echo_rows(rows: list[dict[str, Any]], format: str, header: str,
+              line: Callable[[dict[str, Any]], str]) -> None:
+    """Print ``rows`` as JSON, or as a table: ``header`` then one ``line`` per row."""
+    if format == "json":
+        click.echo(json.dumps(rows, indent=1))
+        return
+    click.echo(header)
+    for row in rows:
+        click.echo(line(row))

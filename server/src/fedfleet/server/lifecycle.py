@@ -1,0 +1,95 @@
+"""``fedfleet server`` from start to stop.
+
+Start the SuperLink, register the authorized device keys, mark the server ready (for
+healthchecks), then submit the run (or the continuation of a run a crash
+interrupted) and follow it, and keep serving until stopped. The SuperLink is stopped
+on every way out: Ctrl-C, SIGTERM (``docker stop``), an error.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from fedfleet.server.authorized_keys import register_authorized_keys
+from fedfleet.server.control import Control
+from fedfleet.server.follower import RunFollower, summary
+from fedfleet.server.resume import continuation, find_interrupted
+from fedfleet.server.superlink import ServerOptions, start_superlink
+from fedfleet.shared import process
+from fedfleet.shared.errors import FedfleetError
+from fedfleet.shared.settings import RunSettings
+
+Echo = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class ServePlan:
+    """What ``fedfleet server`` was asked to do."""
+
+    options: ServerOptions
+    settings: RunSettings
+    output_dir: Path
+    authorized_keys: Path | None = None
+    start_run: bool = True
+    resume: bool = True
+    exit_when_done: bool = False
+
+
+def serve(plan: ServePlan, echo: Echo) -> None:
+    """Run the server until stopped, or until the run is done with ``exit_when_done``.
+
+    Raises
+    ------
+    FedfleetError
+        If the SuperLink does not start or exits, a key cannot be registered, or
+        the run fails.
+    """
+    state_dir = plan.options.state_dir
+    # `docker stop`, systemd and process managers send SIGTERM: leave via `finally` so
+    # the SuperLink (its own process group) is stopped too.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
+    ready = state_dir / "ready"  # for healthchecks: the server is up and keys registered
+    ready.unlink(missing_ok=True)
+    superlink = start_superlink(plan.options)
+    try:
+        if plan.authorized_keys is not None:
+            for line in register_authorized_keys(plan.options.control(),
+                                                 plan.authorized_keys, state_dir):
+                echo(line)
+        ready.touch()
+        if plan.start_run:
+            settings = plan.settings
+            interrupted = find_interrupted(plan.output_dir) if plan.resume else None
+            if interrupted is not None:
+                echo(f"Run {interrupted.run_id} was interrupted after round "
+                     f"{interrupted.last_round}; continuing it")
+                settings = continuation(interrupted)
+            submit_and_follow(plan.options.control(), settings, state_dir,
+                              plan.output_dir, echo,
+                              alive=lambda: superlink.poll() is None)
+        if plan.exit_when_done:
+            return
+        echo("Server ready; stop it with Ctrl-C.")
+        superlink.wait()
+        raise FedfleetError(f"the SuperLink exited with code {superlink.returncode}; "
+                            f"see {state_dir}/superlink.log")
+    except KeyboardInterrupt:
+        echo("Stopping.")
+    finally:
+        ready.unlink(missing_ok=True)
+        process.stop(superlink)
+
+
+def submit_and_follow(control: Control, settings: RunSettings, state_dir: Path,
+                      output_dir: Path, echo: Echo,
+                      alive: Callable[[], bool] = lambda: True) -> None:
+    """Submit a run, print each round as it finishes, then the summary."""
+    run_id = control.submit(settings, state_dir / "bundle")
+    echo(f"Run {run_id} started: {settings.num_rounds} rounds of "
+         f"{settings.strategy}, waiting for {settings.min_clients} clients")
+    record = RunFollower(control, run_id, output_dir, on_line=echo).follow(alive)
+    echo(summary(record, output_dir / f"run-{run_id}"))
