@@ -13,7 +13,6 @@ from typing import Any
 
 from fedfleet.server.strategies import strategy_kwargs
 from fedfleet.shared.data import load_dataset
-from fedfleet.shared.models import resolve_builder
 from fedfleet.shared.settings import RunSettings
 from fedfleet.shared.version import __version__
 
@@ -41,6 +40,8 @@ def plan_run(values: dict[str, Any], output_dir: Path) -> RunSettings:
     if classes is not None:
         values["num_classes"] = classes
     settings = RunSettings(**values)
+    from fedfleet.shared.models import resolve_builder  # Keras: only when planning a run
+
     strategy_kwargs(settings)  # unknown strategy parameters fail here, not mid-run
     resolve_builder(settings.model)
     return settings
