@@ -279,4 +279,4 @@ def test_replies_with_different_metric_keys_still_aggregate(tmp_path: Path) -> N
     arrays, metrics = strategy.aggregate_train(1, replies)
     assert arrays is not None and metrics is not None
     assert metrics["train_loss"] == pytest.approx(1.75)
-    assert recorder.current["clients"]["61"]["queue_s"] == 0.2
+    assert recorder.current["clients"]["61"]["device"]["queue_s"] == 0.2

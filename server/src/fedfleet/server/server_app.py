@@ -98,10 +98,8 @@ def main(grid: Grid, context: Context) -> None:
             "num_rounds": settings.num_rounds, "settings": settings.to_run_config(),
             "num_params": int(sum(w.size for w in weights)),
             "model_bytes": int(sum(w.nbytes for w in weights))}
-    limits = UpdateLimits(settings.max_examples, settings.max_update_norm_ratio,
-                          settings.min_replies)
     recorder = RunRecorder(outputs, info, specs_of(weights), model, settings.compression,
-                           limits)
+                           UpdateLimits(settings.min_replies))
     try:
         strategy = make_strategy(settings, base=RecordingMixin)
         strategy.recorder = recorder  # type: ignore[attr-defined]
@@ -115,7 +113,8 @@ def main(grid: Grid, context: Context) -> None:
             _continue(resume, context.run_id, model, recorder, strategy)
             offset = resume.last_round
         result = strategy.start(
-            grid=PromptGrid(grid),
+            grid=PromptGrid(grid, quorum=settings.round_quorum,
+                            grace=settings.round_grace),
             initial_arrays=ArrayRecord(model.get_weights()),
             num_rounds=settings.num_rounds - offset,
             timeout=settings.round_timeout,
