@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import math
 import re
-import unicodedata
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from copy import copy
 from dataclasses import dataclass, field
@@ -156,13 +155,12 @@ class Reject(Exception):
 
 
 def clean_text(text: object, limit: int = 300) -> str:
-    """Return ``text`` on one line, without control or format characters, cut to ``limit``.
+    """Return ``text`` on one line, printable characters only, cut to ``limit``.
 
     For what a device sent (error text, metric names) before it is logged or recorded.
     """
     raw = str(text)
-    head = "".join(" " if unicodedata.category(ch)[0] == "C" or ch in "\u2028\u2029"
-                   else ch for ch in raw[:limit])
+    head = "".join(ch if ch.isprintable() else " " for ch in raw[:limit])
     return head if len(raw) <= limit else f"{head}... ({len(raw) - limit} more characters)"
 
 

@@ -151,7 +151,9 @@ def encode_update(new: Sequence[np.ndarray], base: Sequence[np.ndarray], method:
         out: list[np.ndarray] = []
         for delta in deltas:
             peak = float(np.max(np.abs(delta))) if delta.size else 0.0
-            scale = peak / 127.0 if peak > 0 else 1.0
+            scale = np.float32(peak / 127.0)  # the scale as it travels, float32
+            if not 0 < scale < np.inf:  # all zero, or so small it rounds to 0
+                scale = np.float32(1.0)
             out += [np.clip(np.rint(delta / scale), -127, 127).astype(np.int8),
                     np.array([scale], dtype=np.float32)]
         return out
@@ -200,8 +202,8 @@ def _decode_int8(arrays: Sequence[np.ndarray], base: Sequence[np.ndarray], origi
             raise ModelMismatchError(f"int8 update tensor {index} from {origin} is "
                                      f"{q.shape} {q.dtype}, expected {b.shape} int8")
         scale = float(s.reshape(-1)[0]) if s.size == 1 and s.dtype.kind == "f" else None
-        if scale is None or not math.isfinite(scale) or scale <= 0:
+        if scale is None or not math.isfinite(scale) or scale < 0:
             raise ModelMismatchError(f"int8 update tensor {index} from {origin} has no "
-                                     "finite positive scale")
+                                     "finite non-negative scale")
         deltas.append(q.astype(np.float32) * np.float32(scale))
     return deltas

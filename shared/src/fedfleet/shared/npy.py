@@ -107,8 +107,11 @@ def read_npy(data: bytes, dtype: str, shape: tuple[int, ...]) -> np.ndarray:
     if len(data) - header.offset != count * want.itemsize:
         raise NpyError(f".npy data holds {len(data) - header.offset} bytes, its shape "
                        f"needs {count * want.itemsize}")
-    flat = np.frombuffer(data, dtype=header.dtype, count=count, offset=header.offset)
-    shaped = flat.reshape(tuple(shape), order="F" if header.fortran_order else "C")
+    try:
+        flat = np.frombuffer(data, dtype=header.dtype, count=count, offset=header.offset)
+        shaped = flat.reshape(tuple(shape), order="F" if header.fortran_order else "C")
+    except ValueError as err:  # e.g. (0, 10**9, 10**9): no values, but too many dims
+        raise NpyError(f".npy shape {_short(header.shape)} is not usable: {err}") from None
     return np.asarray(shaped.astype(want, order="C"))
 
 
