@@ -91,8 +91,8 @@ def test_an_honest_reply_is_rebuilt_with_only_what_fedfleet_uses() -> None:
     msg = result.accepted[0]
     assert list(msg.content.array_records) == ["arrays"]
     assert list(msg.content.metric_records) == ["metrics"]
-    assert dict(msg.content["metrics"]) == {"num-examples": 100.0, "train_loss": 0.5,
-                                            "train_accuracy": 0.8, "warm": 1.0}
+    assert dict(msg.content["metrics"]) == {"num-examples": 100.0}
+    assert result.metrics == {"train_loss": 0.5, "train_accuracy": 0.8, "warm": 1.0}
     assert msg.metadata.src_node_id == 1
     report = result.reports[0]
     assert report.metrics["train_time_s"] == 1.5 and report.dropped == []
@@ -223,8 +223,9 @@ def test_metrics_are_filtered_and_every_drop_is_named() -> None:
     report = result.reports[0]
     assert set(report.metrics) == {"num-examples", "train_time_s"}
     assert report.weight == 100.0  # the server's own fields
-    for msg in result.accepted:  # the average runs on the keys all replies still have
-        assert set(msg.content["metrics"]) == {"num-examples"}
+    for msg in result.accepted:  # the weight only; the round's metrics come from the
+        assert set(msg.content["metrics"]) == {"num-examples"}  # replies that have them
+    assert result.metrics == {"train_loss": 0.5, "train_accuracy": 0.8, "warm": 1.0}
 
 
 def test_the_global_eval_set_is_all_or_nothing() -> None:
@@ -346,9 +347,9 @@ def test_evaluate_replies_are_rebuilt_too() -> None:
                             "'metrics')")
     assert _notes(result)["4"] == ["dropped 1 ArrayRecord(s): an evaluate reply carries none",
                                    "dropped 1 unknown metric key ('junk')"]
-    metrics = FedAvg().aggregate_evaluate(1, result.accepted)
-    assert metrics is not None and metrics["eval_accuracy"] == pytest.approx(0.7)
-    assert set(metrics) == {"eval_loss", "eval_accuracy"}
+    assert FedAvg().aggregate_evaluate(1, result.accepted) is not None
+    assert result.metrics["eval_accuracy"] == pytest.approx(0.7)
+    assert set(result.metrics) == {"eval_loss", "eval_accuracy"}
 
 
 def test_clean_text() -> None:

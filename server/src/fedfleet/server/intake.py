@@ -90,7 +90,9 @@ EVALUATE_METRICS: dict[str, Range] = {
 GLOBAL_EVAL = ("global_eval_loss", "global_eval_accuracy", "global_eval_examples")
 AGGREGATED_TRAIN = ("train_loss", "train_accuracy", "warm")
 AGGREGATED_EVALUATE = ("eval_loss", "eval_accuracy", "warm")
-"""The metrics the strategy averages (weighted by the capped ``num-examples``)."""
+"""The round's metrics: each averaged over the accepted replies that have it, weighted
+by their (capped) ``num-examples``. The rebuilt messages carry only ``num-examples``,
+so one reply without a metric never takes it away from the others."""
 
 
 @dataclass(frozen=True)
@@ -147,6 +149,8 @@ class IntakeResult:
     accepted: list[Message] = field(default_factory=list)
     rejected: list[Rejection] = field(default_factory=list)
     reports: list[ReplyReport] = field(default_factory=list)
+    metrics: dict[str, float] = field(default_factory=dict)
+    """The round's averaged metrics (see :data:`AGGREGATED_TRAIN`)."""
     payload_bytes: int = 0
 
 
@@ -228,7 +232,7 @@ class Intake:
                               self.limits.max_examples_ratio)
         scores = cap_weights({d.node: d.eval_score.examples for d in kept
                               if d.eval_score is not None}, self.limits.max_examples_ratio)
-        shared = _shared_keys(kept, AGGREGATED_TRAIN)
+        result.metrics = _means(kept, weights, AGGREGATED_TRAIN)
         for item in kept:
             if item.eval_score is not None and scores[item.node] < item.eval_score.examples:
                 item.eval_score = EvalScore(item.eval_score.loss, item.eval_score.accuracy,
@@ -240,8 +244,7 @@ class Intake:
                                     f"{weights[item.node]:g} (--max-examples-ratio)")
             content = RecordDict({
                 ARRAYS_KEY: ArrayRecord(item.weights),
-                METRICS_KEY: MetricRecord({NUM_EXAMPLES_KEY: weights[item.node],
-                                           **{k: item.metrics[k] for k in shared}})})
+                METRICS_KEY: MetricRecord({NUM_EXAMPLES_KEY: weights[item.node]})})
             result.accepted.append(_rebuilt(item.msg, content))
             result.reports.append(ReplyReport(item.node, item.metrics, item.dropped,
                                               weights[item.node], norms[item.node],
@@ -255,14 +258,13 @@ class Intake:
                    if (d := self._one(msg, result, self._evaluate_reply)) is not None]
         weights = cap_weights({d.node: d.claim for d in decoded},
                               self.limits.max_examples_ratio)
-        shared = _shared_keys(decoded, AGGREGATED_EVALUATE)
+        result.metrics = _means(decoded, weights, AGGREGATED_EVALUATE)
         for item in decoded:
             if weights[item.node] < item.claim:
                 item.dropped.append(f"num-examples {item.claim:g} counted as "
                                     f"{weights[item.node]:g} (--max-examples-ratio)")
             content = RecordDict({METRICS_KEY: MetricRecord(
-                {NUM_EXAMPLES_KEY: weights[item.node],
-                 **{k: item.metrics[k] for k in shared}})})
+                {NUM_EXAMPLES_KEY: weights[item.node]})})
             result.accepted.append(_rebuilt(item.msg, content))
             result.reports.append(ReplyReport(item.node, item.metrics, item.dropped,
                                               weights[item.node]))
@@ -493,9 +495,16 @@ def _known(record: MetricRecord, allowed: Mapping[str, Range], dropped: list[str
     return kept
 
 
-def _shared_keys(items: Sequence[_Decoded], names: Sequence[str]) -> list[str]:
-    """Return the aggregated metrics every item has (Flower needs the same keys)."""
-    return [k for k in names if items and all(k in d.metrics for d in items)]
+def _means(items: Sequence[_Decoded], weights: Mapping[str, float],
+           names: Sequence[str]) -> dict[str, float]:
+    """Return each metric's mean over the items that have it, weighted by ``weights``."""
+    means = {}
+    for name in names:
+        having = [(d.metrics[name], weights[d.node]) for d in items if name in d.metrics]
+        total = sum(w for _, w in having)
+        if having and total > 0:
+            means[name] = sum(v * w for v, w in having) / total
+    return means
 
 
 def _rebuilt(original: Message, content: RecordDict) -> Message:

@@ -316,8 +316,9 @@ class RecordingMixin:
         self.recorder.record_train(result)
         if len(result.accepted) < max(1, self.recorder.limits.min_replies):
             return None, None  # the round ends the run with its reasons (end_round)
-        arrays, metrics = super().aggregate_train(  # type: ignore[misc]
+        arrays, _ = super().aggregate_train(  # type: ignore[misc]
             server_round + self.round_offset, result.accepted)
+        metrics = MetricRecord(result.metrics)  # type: ignore[arg-type]
         self.recorder.aggregated(metrics)
         return self.recorder.conform(arrays), metrics
 
@@ -345,7 +346,8 @@ class RecordingMixin:
         self.recorder.record_evaluate(result)
         if not result.accepted:
             return None
-        metrics = super().aggregate_evaluate(  # type: ignore[misc]
+        super().aggregate_evaluate(  # type: ignore[misc]
             server_round + self.round_offset, result.accepted)
+        metrics = MetricRecord(result.metrics)  # type: ignore[arg-type]
         self.recorder.aggregated(metrics)
-        return metrics  # type: ignore[no-any-return]
+        return metrics
