@@ -25,6 +25,7 @@ from fedfleet.server.service import (
 )
 from fedfleet.server.strategies import STRATEGIES, strategy_kwargs
 from fedfleet.shared import process
+from fedfleet.shared.atomic import write_atomic
 from fedfleet.shared.compression import METHODS
 from fedfleet.shared.constants import SUPERLINK_PORT
 from fedfleet.shared.data import load_dataset
@@ -471,7 +472,7 @@ def nodes_register(public_key: Path, name: str | None, server: str, insecure: bo
     if str(public_key) == "-":
         state_dir.mkdir(parents=True, exist_ok=True)
         public_key = state_dir / "incoming.pub"
-        public_key.write_text(sys.stdin.read(), encoding="utf-8")
+        write_atomic(public_key, sys.stdin.read())
     elif not public_key.is_file():
         raise click.BadParameter(f"{public_key} does not exist", param_hint="PUBLIC_KEY")
     node_id = _control(server, insecure, root_certificates, state_dir).register_node(
@@ -521,15 +522,21 @@ def nodes_revoke(node_id: int, server: str, insecure: bool,
               help="Extra names or IPs in the server certificate (repeatable or "
                    "comma-separated); localhost, loopback, 'server' and 'gateway' are "
                    "always in.")
-@click.option("--owner", type=int, default=None,
-              help="Give the files to this UID (when run as root for containers).")
-def secrets(folder: Path, clients: int, host: tuple[str, ...], owner: int | None) -> None:
+@click.option("--group", type=click.IntRange(min=0), default=None,
+              help="GID that may read, never write, the service folders (the "
+                   "containers' group, 49999 in fedfleet's images); needs root.")
+@click.option("--owner", type=click.IntRange(min=0), default=None, hidden=True,
+              help="Old name of --group.")
+def secrets(folder: Path, clients: int, host: tuple[str, ...], group: int | None,
+            owner: int | None) -> None:
     """Create the CA, server certificate and demo node keys of a compose fleet.
 
     One folder per service, each mounted read-only into its container only:
     ca/ (the CA, mounted nowhere), server/ (certificate, key, authorized-keys/)
     and client-N/ (ca.crt and its node key). Existing files are kept, so it is
     safe to run on every start; delete FOLDER/server to reissue the certificate.
+    Everything stays owned by whoever runs it; with --group, the service folders
+    become readable (not writable) by that group, and ca/ stays private.
 
     \b
     Example:
@@ -539,7 +546,10 @@ def secrets(folder: Path, clients: int, host: tuple[str, ...], owner: int | None
 
     names = [f"client-{i}" for i in range(1, clients + 1)]
     extra = [h.strip() for arg in host for h in arg.split(",") if h.strip()]
-    made = create_fleet_secrets(folder, names, [*extra, "gateway"], owner=owner)
+    made = create_fleet_secrets(folder, names, [*extra, "gateway"],
+                                group=group if group is not None else owner)
+    for path in made.removed:
+        click.echo(f"removed symlink {path} (symlinks are never followed here)")
     for path in made.created:
         click.echo(f"created {path}")
     if made.kept:
