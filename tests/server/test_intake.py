@@ -355,3 +355,12 @@ def test_evaluate_replies_are_rebuilt_too() -> None:
 def test_clean_text() -> None:
     assert clean_text("a\tb\r\nc\u2028d\x00") == "a b  c d "
     assert clean_text("x" * 10, limit=4) == "xxxx... (6 more characters)"
+
+
+def test_a_second_reply_from_one_node_is_refused() -> None:
+    result = _train(_reply(1, _weights(1.0), HONEST), _reply(1, _weights(9.0), HONEST))
+    assert [m.metadata.src_node_id for m in result.accepted] == [1]
+    assert _reasons(result) == {"1": "rejected: a second reply from the same node in one "
+                                     "round"}
+    np.testing.assert_allclose(result.accepted[0].content["arrays"].to_numpy_ndarrays()[0],
+                               np.ones((4, 3)))

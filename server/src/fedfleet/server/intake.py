@@ -197,6 +197,7 @@ class _Decoded:
     dropped: list[str]
     claim: float
     weights: list[np.ndarray] = field(default_factory=list)
+    norm: float = 0.0
     eval_score: EvalScore | None = None
 
 
@@ -218,12 +219,8 @@ class Intake:
               ) -> IntakeResult:
         """Sort train replies to the global weights ``base`` (as sent, uncompressed)."""
         result = IntakeResult()
-        decoded: list[_Decoded] = []
-        for msg in replies:
-            item = self._one(msg, result, lambda m, n: self._train_reply(m, n, base))
-            if item is not None:
-                decoded.append(item)
-        norms = {d.node: update_norm(d.weights, base) for d in decoded}
+        decoded = self._each(replies, result, lambda m, n: self._train_reply(m, n, base))
+        norms = {d.node: d.norm for d in decoded}
         outliers = norm_outliers(norms, self.limits.max_update_norm_ratio)
         kept = [d for d in decoded if d.node not in outliers]
         result.rejected += [Rejection(node, "rejected", reason)
@@ -254,8 +251,7 @@ class Intake:
     def evaluate(self, replies: Iterable[Message]) -> IntakeResult:
         """Sort evaluate replies."""
         result = IntakeResult()
-        decoded = [d for msg in replies
-                   if (d := self._one(msg, result, self._evaluate_reply)) is not None]
+        decoded = self._each(replies, result, self._evaluate_reply)
         weights = cap_weights({d.node: d.claim for d in decoded},
                               self.limits.max_examples_ratio)
         result.metrics = _means(decoded, weights, AGGREGATED_EVALUATE)
@@ -271,6 +267,21 @@ class Intake:
         return result
 
     # -- one reply ----------------------------------------------------------------
+    def _each(self, replies: Iterable[Message], result: IntakeResult, decode: _Decoder
+              ) -> list[_Decoded]:
+        """Decode every reply; a node's second reply in one round is refused."""
+        decoded: dict[str, _Decoded] = {}
+        for msg in replies:
+            item = self._one(msg, result, decode)
+            if item is None:
+                continue
+            if item.node in decoded:
+                result.rejected.append(Rejection(item.node, "rejected", "a second reply "
+                                                 "from the same node in one round"))
+                continue
+            decoded[item.node] = item
+        return list(decoded.values())
+
     def _one(self, msg: Message, result: IntakeResult, decode: _Decoder
              ) -> _Decoded | None:
         """Decode one reply; any failure becomes that reply's rejection, never more."""
@@ -316,7 +327,8 @@ class Intake:
         check_values(weights, claim, self.limits.max_examples)
         metrics = _known(record, TRAIN_METRICS, dropped, extra=(*GLOBAL_EVAL,))
         score = self._global_eval(record, dropped)
-        return _Decoded(msg, node, metrics, dropped, claim, weights, score)
+        return _Decoded(msg, node, metrics, dropped, claim, weights,
+                        update_norm(weights, base), score)
 
     def _evaluate_reply(self, msg: Message, node: str) -> _Decoded:
         dropped: list[str] = []
