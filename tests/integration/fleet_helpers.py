@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from ports import free_port
+
 FEDFLEET = str(Path(sys.executable).parent / "fedfleet")
 
 
@@ -26,15 +28,39 @@ class Fleet:
         self.workdir = workdir
         self.procs: list[subprocess.Popen[bytes]] = []
 
-    def start(self, name: str, *args: str, wrap: tuple[str, ...] = ()
-              ) -> subprocess.Popen[bytes]:
+    def start(self, name: str, *args: str, wrap: tuple[str, ...] = (),
+              env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
         """Start ``fedfleet ARGS`` (behind ``wrap``, e.g. faketime), logging to NAME.log."""
+        return self.spawn(name, [*wrap, FEDFLEET, *args],
+                          {**os.environ, "FLWR_TELEMETRY_ENABLED": "0", **(env or {})})
+
+    def spawn(self, name: str, argv: list[str], env: dict[str, str] | None = None
+              ) -> subprocess.Popen[bytes]:
+        """Start any command in its own session, logging to NAME.log."""
         log = (self.workdir / f"{name}.log").open("wb")
-        proc = subprocess.Popen([*wrap, FEDFLEET, *args], cwd=self.workdir, stdout=log,
-                                stderr=subprocess.STDOUT, start_new_session=True,
-                                env={**os.environ, "FLWR_TELEMETRY_ENABLED": "0"})
+        proc = subprocess.Popen(argv, cwd=self.workdir, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True, env=env)
         self.procs.append(proc)
         return proc
+
+    def device_with_trainer(self, name: str, port: int, trainer: list[str],
+                            partition: tuple[int, int]) -> None:
+        """Start a device: the real SuperNode, with ``trainer --socket PATH`` as its trainer.
+
+        For devices whose trainer misbehaves (poisoned_worker.py, silent_worker.py).
+        """
+        from fedfleet.client.node import JoinOptions, supernode_command
+        from fedfleet.client.nodedata import NodeData
+        from fedfleet.shared import process
+
+        opts = JoinOptions(server=f"127.0.0.1:{port}", home=self.workdir / name,
+                           insecure=True, runtime_port=free_port(),
+                           node=NodeData(data_path="builtin:digits",
+                                         partition_id=partition[0],
+                                         num_partitions=partition[1]))
+        env = process.flower_env(opts.home, {"FLWR_SUPEREXEC_TASK_POLL_INTERVAL": "0.1"})
+        self.spawn(f"{name}-trainer", [*trainer, "--socket", str(opts.trainer_socket)], env)
+        self.spawn(name, supernode_command(opts), env)
 
     def log(self, name: str) -> str:
         return (self.workdir / f"{name}.log").read_text(errors="replace")
@@ -51,7 +77,3 @@ class Fleet:
                     break
                 except subprocess.TimeoutExpired:
                     continue
-
-
-
-

@@ -7,7 +7,6 @@ poisoned_worker.py) changes the update it returns.
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -16,31 +15,9 @@ import pytest
 from fleet_helpers import Fleet
 from ports import free_port
 
-from fedfleet.client.node import JoinOptions, supernode_command
-from fedfleet.client.nodedata import NodeData
-from fedfleet.shared import process
-
 pytestmark = pytest.mark.integration
 
 HERE = Path(__file__).parent
-
-
-def _attacker(fleet: Fleet, port: int, mode: str, partition: tuple[int, int]
-              ) -> None:
-    """Start a device whose trainer poisons every update it returns."""
-    home = fleet.workdir / f"attacker-{mode}"
-    opts = JoinOptions(server=f"127.0.0.1:{port}", home=home, insecure=True,
-                       node=NodeData(data_path="builtin:digits", partition_id=partition[0],
-                                     num_partitions=partition[1]),
-                       runtime_port=free_port())
-    env = process.flower_env(home, {"FLWR_SUPEREXEC_TASK_POLL_INTERVAL": "0.1"})
-    for name, argv in (("attacker-trainer", [sys.executable, str(HERE / "poisoned_worker.py"),
-                                             mode, "--socket", str(opts.trainer_socket)]),
-                       ("attacker", supernode_command(opts))):
-        log = (fleet.workdir / f"{name}.log").open("wb")
-        fleet.procs.append(subprocess.Popen(argv, cwd=fleet.workdir, env=env, stdout=log,
-                                            stderr=subprocess.STDOUT,
-                                            start_new_session=True))
 
 
 def _run(fleet: Fleet, tmp_path: Path, mode: str, strategy: str, *extra: str
@@ -55,7 +32,8 @@ def _run(fleet: Fleet, tmp_path: Path, mode: str, strategy: str, *extra: str
         fleet.start(f"client{i}", "join", "--insecure", "--server", f"127.0.0.1:{port}",
                     "--partition", f"{i}/5", "--runtime-port", str(free_port()),
                     "--home", f"client{i}", "--connect-timeout", "60")
-    _attacker(fleet, port, mode, (4, 5))
+    fleet.device_with_trainer(f"attacker-{mode}", port,
+                              [sys.executable, str(HERE / "poisoned_worker.py"), mode], (4, 5))
     assert server.wait(timeout=1200) == 0, fleet.log("server")[-3000:]
     (path,) = (tmp_path / "out").glob("run-*/metrics.json")
     return dict(json.loads(path.read_text()))

@@ -276,4 +276,40 @@ def test_replies_with_different_metric_keys_still_aggregate(tmp_path: Path) -> N
     arrays, metrics = strategy.aggregate_train(1, replies)
     assert arrays is not None and metrics is not None
     assert metrics["train_loss"] == pytest.approx(1.75)
-    assert recorder.current["clients"]["61"]["queue_s"] == 0.2
+    assert recorder.current["clients"]["61"]["device"]["queue_s"] == 0.2
+
+
+def test_the_strategy_sees_only_messages_the_intake_built(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Hostile replies reach FedAvg's own aggregate_train only as rebuilt messages."""
+    from flwr.serverapp.strategy import FedAvg
+
+    seen: list[Message] = []
+    real = FedAvg.aggregate_train
+
+    def spy(self: FedAvg, server_round: int, replies: Iterable[Message]
+            ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        seen.extend(replies)
+        return real(self, server_round, seen)
+
+    monkeypatch.setattr(FedAvg, "aggregate_train", spy)
+    strategy, recorder, weights = _setup(tmp_path)
+    grid = FakeGrid([71, 72, 73])
+    msgs = sorted(strategy.configure_train(1, ArrayRecord(weights), ConfigRecord(), grid),
+                  key=lambda m: m.metadata.dst_node_id)
+    lying = _reply(msgs[0], 71, weights, {"num-examples": 10, "global_eval_loss": 0.3,
+                                          "node_id": 5.0, "train_loss": float("nan")})
+    lying.content["extra"] = ArrayRecord([np.ones(3, np.float32)])
+    replies = [lying, _reply(msgs[1], 72, weights, {"num-examples": 10, "train_loss": 1.0}),
+               _reply(msgs[2], 73, None, {"num-examples": 10})]
+    arrays, metrics = strategy.aggregate_train(1, replies)
+    assert arrays is not None and metrics is not None and metrics["train_loss"] == 1.0
+    assert len(seen) == 2 and not any(m is r for m in seen for r in replies)
+    for msg in seen:
+        assert list(msg.content.array_records) == ["arrays"]
+        assert dict(msg.content["metrics"]) == {"num-examples": 10.0}
+    clients = recorder.current["clients"]
+    assert clients["71"]["node_id"] == "71" and "node_id" not in clients["71"]["device"]
+    assert "dropped 1 extra ArrayRecord(s) ('extra')" in clients["71"]["dropped"]
+    assert [e["error"] for e in recorder.current["errors"]] == [
+        "rejected: the reply carries no weights (no ArrayRecord 'arrays')"]

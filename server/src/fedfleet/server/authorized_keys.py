@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from fedfleet.server.control import Control
+from fedfleet.shared.atomic import write_atomic
 from fedfleet.shared.errors import FedfleetError
 
 
@@ -39,7 +40,7 @@ def register_authorized_keys(control: Control, keys_dir: Path, state_dir: Path
                 raise FedfleetError(f"cannot register {pub}: {err}") from None
             node_id = None  # registered by hand before
         ledger[fingerprint] = {"name": pub.stem, "node_id": node_id}
-        ledger_path.write_text(json.dumps(ledger, indent=1), encoding="utf-8")
+        write_atomic(ledger_path, json.dumps(ledger, indent=1))
         lines.append(f"registered {pub.stem}"
                      + (f" as node {node_id}" if node_id else " (was registered already)"))
     return lines

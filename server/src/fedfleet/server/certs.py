@@ -13,6 +13,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from fedfleet.shared.atomic import PUBLIC, write_atomic
 from fedfleet.shared.errors import ConfigError
 from fedfleet.shared.secrets import write_private
 
@@ -105,6 +106,5 @@ def create_certificates(out: Path, hosts: Sequence[str], days: int = 365,
     write_private(paths.ca_key, _pem_key(ca_key), force=True)
     write_private(paths.server_key, _pem_key(server_key), force=True)
     for path, cert in ((paths.ca_cert, ca_cert), (paths.server_cert, server_cert)):
-        path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-        path.chmod(0o644)
+        write_atomic(path, cert.public_bytes(serialization.Encoding.PEM), PUBLIC)
     return paths

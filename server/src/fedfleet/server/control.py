@@ -10,6 +10,7 @@ from typing import Any
 
 from fedfleet.server.fab import write_bundle
 from fedfleet.shared import process
+from fedfleet.shared.atomic import write_atomic
 from fedfleet.shared.errors import FedfleetError
 from fedfleet.shared.settings import RunSettings
 
@@ -51,7 +52,7 @@ class Control:
             lines.append("insecure = true")
         elif self.root_certificates is not None:
             lines.append(f'root-certificates = "{self.root_certificates.resolve()}"')
-        (self.home / "config.toml").write_text("\n".join(lines) + "\n", encoding="utf-8")
+        write_atomic(self.home / "config.toml", "\n".join(lines) + "\n")
 
     def _flwr(self, *args: str) -> dict[str, Any]:
         self.configure()

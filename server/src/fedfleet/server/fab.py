@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from fedfleet.shared.atomic import write_atomic
 from fedfleet.shared.settings import RunSettings, Scalar
 from fedfleet.shared.version import __version__
 
@@ -68,8 +69,8 @@ def write_bundle(directory: Path, settings: RunSettings) -> Path:
     """Write the bundle's files into ``directory`` (replacing old ones); return it."""
     package = directory / "fedfleet_app"
     package.mkdir(parents=True, exist_ok=True)
-    (directory / "pyproject.toml").write_text(pyproject(settings), encoding="utf-8")
-    (package / "__init__.py").write_text('"""fedfleet run bundle."""\n', encoding="utf-8")
+    write_atomic(directory / "pyproject.toml", pyproject(settings))
+    write_atomic(package / "__init__.py", '"""fedfleet run bundle."""\n')
     for name, text in ENTRY_MODULES.items():
-        (package / name).write_text(text, encoding="utf-8")
+        write_atomic(package / name, text)
     return directory

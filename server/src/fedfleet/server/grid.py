@@ -1,30 +1,55 @@
-"""A Grid that collects replies promptly.
+"""A Grid that collects replies promptly and closes a round once enough have arrived.
 
 Flower 1.42's deployment grid checks for replies every 3 seconds, so every message
-round trip is rounded up to the next 3-second tick. ``PromptGrid`` wraps it and
-polls with the same public ``pull_messages`` call every ``poll`` seconds; everything
-else is passed through unchanged.
+round trip is rounded up to the next 3-second tick, and a round waits for every
+device until its timeout. ``PromptGrid`` wraps it and polls with the same public
+``pull_messages`` call every ``poll`` seconds, and closes the round early:
+
+- once ``quorum`` (a fraction) of the sampled devices have sent a usable reply (not an
+  error), the round waits ``grace`` times as long again as the quorum took, but at
+  least :data:`MIN_GRACE` seconds, for the rest; the timeout stays the hard deadline.
+  A silent device therefore costs a round about twice the median device's time, not
+  the whole timeout, and an honest device up to twice as slow as the median still
+  makes it.
+- every device that has not answered when the round closes gets an error reply
+  (code :data:`~fedfleet.server.intake.DEADLINE_CODE`, "no reply by the deadline")
+  in its name, so the record names it; its reply, if it comes later, is never pulled.
+- an error reply the SuperLink made for a device (node unavailable: sent from the
+  SuperLink's own node id) is put back in the name of the device it was meant for.
+
+Everything else is passed through unchanged.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Iterable
 from typing import Any
 
-from flwr.app import Message
+from flwr.app import Error, Message
 from flwr.serverapp import Grid
 
+from fedfleet.server.intake import DEADLINE_CODE, DEADLINE_REASON
+
 DEFAULT_POLL = 0.2
+MIN_GRACE = 10.0
+"""Seconds a round waits after its quorum at least: an idle SuperNode looks for work
+every 3 s and starting a ClientApp takes 3-5 s on a busy device, so devices of the
+same speed can finish that far apart."""
 
 
 class PromptGrid(Grid):
-    """Delegates to ``grid``; ``send_and_receive`` polls every ``poll`` seconds."""
+    """Delegates to ``grid``; ``send_and_receive`` polls and closes rounds early."""
 
-    def __init__(self, grid: Grid, poll: float = DEFAULT_POLL) -> None:
-        """Wrap ``grid``."""
+    def __init__(self, grid: Grid, poll: float = DEFAULT_POLL, quorum: float = 1.0,
+                 grace: float = 1.0, min_grace: float = MIN_GRACE) -> None:
+        """Wrap ``grid``; ``quorum`` 1.0 waits for every device (up to the timeout)."""
         self._grid = grid
         self._poll = poll
+        self._quorum = quorum
+        self._grace = grace
+        self._min_grace = min_grace
 
     def set_run(self, run: Any) -> None:
         """Pass through."""
@@ -53,14 +78,45 @@ class PromptGrid(Grid):
 
     def send_and_receive(self, messages: Iterable[Message], *,
                          timeout: float | None = None) -> Iterable[Message]:
-        """Push ``messages`` and collect replies until all arrived or ``timeout``."""
-        pending = set(self.push_messages(messages))
-        deadline = None if timeout is None else time.monotonic() + timeout
+        """Push ``messages``; collect replies until all arrived or the round closes.
+
+        Returns one reply per message pushed: the device's, or one made here saying
+        it did not answer in time.
+        """
+        messages = list(messages)
+        start = time.monotonic()
+        ids = list(self.push_messages(messages))
+        sent = {mid: msg for mid, msg in zip(ids, messages, strict=False) if mid}
+        pending = set(sent)
+        deadline = math.inf if timeout is None else start + timeout
+        needed = max(1, math.ceil(self._quorum * len(sent)))
+        usable = 0
         replies: list[Message] = []
-        while pending and (deadline is None or time.monotonic() < deadline):
-            got = list(self.pull_messages(pending))
-            replies.extend(got)
-            pending.difference_update(m.metadata.reply_to_message_id for m in got)
+        while pending and time.monotonic() < deadline:
+            for reply in self.pull_messages(pending):
+                mid = reply.metadata.reply_to_message_id
+                if mid not in pending:
+                    continue
+                pending.discard(mid)
+                replies.append(_in_name_of(reply, sent[mid]))
+                if not reply.has_error():
+                    usable += 1
+                    if usable == needed and pending:
+                        took = time.monotonic() - start
+                        deadline = min(deadline, time.monotonic()
+                                       + max(self._min_grace, self._grace * took))
             if pending:
                 time.sleep(self._poll)
+        waited = time.monotonic() - start
+        for mid in sorted(pending):
+            replies.append(Message(Error(DEADLINE_CODE, f"{DEADLINE_REASON} (the round "
+                                         f"closed after {waited:.1f}s with {usable} of "
+                                         f"{len(sent)} replies)"), reply_to=sent[mid]))
         return replies
+
+
+def _in_name_of(reply: Message, instruction: Message) -> Message:
+    """Return ``reply``, an error from the SuperLink re-addressed to its device."""
+    if reply.has_error() and reply.metadata.src_node_id != instruction.metadata.dst_node_id:
+        return Message(reply.error, reply_to=instruction)
+    return reply

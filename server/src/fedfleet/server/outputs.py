@@ -5,10 +5,10 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 from pathlib import Path
 from typing import Any
 
+from fedfleet.shared.atomic import save_atomic, write_atomic
 from fedfleet.shared.constants import CHECKPOINT_DIR, FINAL_MODEL, METRICS_CSV, METRICS_JSON
 
 CSV_COLUMNS = [
@@ -16,12 +16,6 @@ CSV_COLUMNS = [
     "train_accuracy", "eval_replies", "eval_loss", "eval_accuracy",
     "central_loss", "central_accuracy", "max_client_train_s",
 ]
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 class RunOutputs:
@@ -48,19 +42,17 @@ class RunOutputs:
 
     def write_metrics(self, record: dict[str, Any]) -> None:
         """Write ``metrics.json`` (everything) and ``metrics.csv`` (one row per round)."""
-        _atomic_write(self.metrics_json, json.dumps(record, indent=1, default=float))
+        write_atomic(self.metrics_json, json.dumps(record, indent=1, default=float))
         buffer = io.StringIO()
         writer = csv.DictWriter(buffer, fieldnames=CSV_COLUMNS, extrasaction="ignore")
         writer.writeheader()
         for row in record.get("rounds", []):
             writer.writerow({k: row.get(k, "") for k in CSV_COLUMNS})
-        _atomic_write(self.directory / METRICS_CSV, buffer.getvalue())
+        write_atomic(self.directory / METRICS_CSV, buffer.getvalue())
 
     def save_model(self, model: Any, path: Path) -> None:
         """Save a Keras model to ``path`` atomically."""
-        tmp = path.with_name(f".{path.stem}.tmp.keras")
-        model.save(tmp)
-        os.replace(tmp, path)
+        save_atomic(path, model.save)
 
 
 def read_metrics(directory: Path) -> dict[str, Any] | None:

@@ -1,14 +1,15 @@
 """Per-round bookkeeping wrapped around any Flower strategy.
 
 ``RecordingMixin`` sits in front of the chosen strategy class. It waits (bounded)
-for enough clients, drops replies whose weights do not fit the model, keeps every
-client's metrics and errors, and hands each finished round to the ``RunRecorder``.
+for enough clients, passes every reply through the reply intake
+(:mod:`fedfleet.server.intake`: only the messages it rebuilt reach the strategy), and
+hands what the intake reports and each finished round to the ``RunRecorder``, which
+keeps the books: clients, errors, files, one line per round.
 """
 
 from __future__ import annotations
 
 import logging
-import re
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -18,42 +19,30 @@ import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 
+from fedfleet.server.intake import (
+    Intake,
+    IntakeLimits,
+    IntakeResult,
+    describe_error,
+)
 from fedfleet.server.outputs import RunOutputs
-from fedfleet.server.validation import check_values, norm_outliers, update_norm
-from fedfleet.shared.compression import decode_update, encode_weights
+from fedfleet.shared.compression import encode_weights
 from fedfleet.shared.constants import ARRAYS_KEY, NUM_EXAMPLES_KEY
-from fedfleet.shared.errors import FedfleetError, ModelMismatchError
+from fedfleet.shared.errors import FedfleetError
 from fedfleet.shared.settings import RunSettings
-from fedfleet.shared.weights import WeightSpec, check_weights
+from fedfleet.shared.weights import WeightSpec
 
 log = logging.getLogger("fedfleet")
 
-_REASON = re.compile(r"^<class '(?:[\w.]+\.)?(\w+)'>:<'(.*)'>$", re.DOTALL)
-
-
-def describe_error(reason: str | None) -> str:
-    """Turn Flower's ``<class 'pkg.Err'>:<'text'>`` into ``Err: text``."""
-    match = _REASON.match(reason or "")
-    return f"{match.group(1)}: {match.group(2)}" if match else (reason or "unknown error")
+__all__ = ["RecordingMixin", "RunRecorder", "UpdateLimits", "describe_error",
+           "round_line", "wait_for_clients"]
 
 
 @dataclass(frozen=True)
 class UpdateLimits:
-    """What a round's replies must meet: per-reply bounds, and how many are needed.
+    """How many usable replies a round needs (the per-reply bounds are the intake's)."""
 
-    See :mod:`fedfleet.server.validation` for the per-reply checks.
-    """
-
-    max_examples: int = 10_000_000
-    max_update_norm_ratio: float = 10.0
     min_replies: int = 1
-
-
-def _num_examples(msg: Message) -> object:
-    for record in msg.content.metric_records.values():
-        if NUM_EXAMPLES_KEY in record:
-            return record[NUM_EXAMPLES_KEY]
-    return None
 
 
 class RunRecorder:
@@ -111,111 +100,85 @@ class RunRecorder:
         self.current["payload_bytes_down"] += size * len(messages)
         return messages
 
-    def _client(self, msg: Message) -> dict[str, Any]:
-        node = str(msg.metadata.src_node_id)
-        return self.current["clients"].setdefault(node, {"node_id": node})  # type: ignore[no-any-return]
+    def _client(self, node: str) -> dict[str, Any]:
+        clients: dict[str, dict[str, Any]] = self.current["clients"]
+        return clients.setdefault(node, {"node_id": node})
 
-    def accept_train(self, replies: Iterable[Message]) -> list[Message]:
-        """Record train replies; return those fit to aggregate.
+    def record_train(self, result: IntakeResult) -> None:
+        """Keep what the intake made of the round's train replies.
 
-        A reply is left out (and logged and counted as rejected) if its weights do not
-        fit the model, are not finite, claim an implausible number of examples, or move
-        the model much further than the round's other replies.
+        Per client: the weight it got in the average, its update norm, its metrics
+        (under ``device``: what it reported, never a server field) and what was
+        dropped from its reply; per left-out reply an error with the reason.
         """
-        candidates: dict[str, tuple[Message, list[Any]]] = {}
-        norms: dict[str, float] = {}
-        for msg in replies:
-            if msg.has_error():
-                self._error("train", msg, describe_error(msg.error.reason))
-                continue
-            origin = f"node {msg.metadata.src_node_id}"
-            try:
-                record = msg.content.array_records.get(ARRAYS_KEY)
-                if record is None:
-                    raise ModelMismatchError("the reply carries no weights")
-                received = record.to_numpy_ndarrays()
-                self.current["payload_bytes_up"] += sum(a.nbytes for a in received)
-                weights = decode_update(received, self.base, self.compression, origin)
-                check_weights(self.weight_specs, weights, origin)
-                check_values(weights, _num_examples(msg), self.limits.max_examples)
-            except (FedfleetError, ValueError) as err:
-                self._reject(msg, str(err))
-                continue
-            key = str(msg.metadata.src_node_id)
-            candidates[key] = (msg, weights)
-            norms[key] = update_norm(weights, self.base)
-        outliers = norm_outliers(norms, self.limits.max_update_norm_ratio)
-        accepted: list[Message] = []
-        for key, (msg, weights) in candidates.items():
-            self._client(msg)["update_norm"] = norms[key]
-            if key in outliers:
-                self._reject(msg, outliers[key])
-                continue
-            if self.compression != "none":
-                msg.content[ARRAYS_KEY] = ArrayRecord(weights)
-            self._metrics(msg, "train")
-            accepted.append(msg)
-        self._previous_round_evaluation()
-        self.current["train_replies"] = len(accepted)
-        self.current["train_failures"] = len(self.current["errors"])
+        self.current["payload_bytes_up"] += result.payload_bytes
+        self._rejections("train", result)
+        scores = []
+        for report in result.reports:
+            client = self._client(report.node_id)
+            client.update({"weight": report.weight, "update_norm": report.update_norm,
+                           "device": report.metrics})
+            self._dropped("train", client, report.dropped)
+            if report.eval_score is not None:
+                scores.append((report.node_id, report.eval_score))
+        self._previous_round_evaluation(scores)
+        errors = self.current["errors"]
+        self.current["train_replies"] = len(result.accepted)
+        self.current["train_failures"] = len(errors)
         self.current["rejected_replies"] = sum(
-            1 for e in self.current["errors"] if e["error"].startswith("rejected: "))
+            1 for e in errors if e["error"].startswith("rejected: "))
+        self.current["no_reply"] = sum(1 for e in errors if e.get("kind") == "deadline")
         self.current["train_phase_s"] = time.perf_counter() - self._t0
-        return accepted
 
-    def _reject(self, msg: Message, reason: str) -> None:
-        self._error("train", msg, f"rejected: {reason}")
+    def record_evaluate(self, result: IntakeResult) -> None:
+        """Keep what the intake made of the round's evaluate replies."""
+        self._rejections("evaluate", result)
+        for report in result.reports:
+            client = self._client(report.node_id)
+            device = client.setdefault("device", {})
+            for key, value in report.metrics.items():
+                device[key if key.startswith("eval") else f"eval_{key}"] = value
+            client["eval_weight"] = report.weight
+            self._dropped("evaluate", client, report.dropped)
+        self.current["eval_replies"] = len(result.accepted)
 
-    def accept_evaluate(self, replies: Iterable[Message]) -> list[Message]:
-        """Record evaluation replies; return the successful ones."""
-        ok: list[Message] = []
-        for msg in replies:
-            if msg.has_error():
-                self._error("evaluate", msg, describe_error(msg.error.reason))
-            else:
-                self._metrics(msg, "evaluate")
-                ok.append(msg)
-        self.current["eval_replies"] = len(ok)
-        return ok
+    def _rejections(self, phase: str, result: IntakeResult) -> None:
+        for rejection in result.rejected:
+            self.current["errors"].append({"phase": phase, "node_id": rejection.node_id,
+                                           "kind": rejection.kind,
+                                           "error": rejection.text})
+            log.warning("Round %s %s: node %s: %s", self.current["round"], phase,
+                        rejection.node_id, rejection.text)
 
-    def _previous_round_evaluation(self) -> None:
+    def _dropped(self, phase: str, client: dict[str, Any], notes: list[str]) -> None:
+        if notes:
+            client.setdefault("dropped", []).extend(notes)
+            log.warning("Round %s %s: node %s: %s", self.current["round"], phase,
+                        client["node_id"], "; ".join(notes))
+
+    def _previous_round_evaluation(self, scores: list[tuple[str, Any]]) -> None:
         """File the clients' ``global_eval_*`` scores under the round they measured.
 
         With ``client-eval = with-train`` each client scores the weights it receives,
         i.e. the previous round's global model, before training on them.
         """
         rounds = self.record["rounds"]
-        scores = [(c["node_id"], c.pop("global_eval_loss"), c.pop("global_eval_accuracy"),
-                   c.pop("global_eval_examples"))
-                  for c in self.current["clients"].values() if "global_eval_loss" in c]
         if not scores or not rounds:
             return
         row = rounds[-1]
-        total = sum(n for *_, n in scores)
+        total = sum(s.examples for _, s in scores)
         row["eval_replies"] = len(scores)
-        row["eval_loss"] = sum(loss * n for _, loss, _, n in scores) / total
-        row["eval_accuracy"] = sum(acc * n for _, _, acc, n in scores) / total
+        row["eval_loss"] = sum(s.loss * s.examples for _, s in scores) / total
+        row["eval_accuracy"] = sum(s.accuracy * s.examples for _, s in scores) / total
         by_node = {c["node_id"]: c for c in row["clients"]}
-        for node, loss, acc, n in scores:
+        for node, score in scores:
             if node not in by_node:  # a client that missed that round's training
                 by_node[node] = {"node_id": node}
                 row["clients"].append(by_node[node])
-            by_node[node].update({"eval_loss": loss, "eval_accuracy": acc,
-                                  f"eval_{NUM_EXAMPLES_KEY}": n})
+            by_node[node].setdefault("device", {}).update(
+                {"eval_loss": score.loss, "eval_accuracy": score.accuracy,
+                 f"eval_{NUM_EXAMPLES_KEY}": score.examples})
         self.save()
-
-    def _metrics(self, msg: Message, phase: str) -> None:
-        client = self._client(msg)
-        for record in msg.content.metric_records.values():
-            for key, value in record.items():
-                client[key if phase == "train" or key.startswith("eval") else
-                       f"eval_{key}"] = value
-
-    def _error(self, phase: str, msg: Message, text: str) -> None:
-        node = msg.metadata.src_node_id
-        self.current["errors"].append({"phase": phase, "node_id": str(node),
-                                       "error": text})
-        log.warning("Round %s %s: node %s: %s", self.current["round"], phase, node, text)
 
     def aggregated(self, metrics: MetricRecord | None) -> None:
         """Keep the strategy's aggregated train or evaluate metrics."""
@@ -235,7 +198,8 @@ class RunRecorder:
         if central:
             row["central_loss"] = central["loss"]
             row["central_accuracy"] = central["accuracy"]
-        times = [c["train_time_s"] for c in row["clients"].values() if "train_time_s" in c]
+        times = [c["device"]["train_time_s"] for c in row["clients"].values()
+                 if "train_time_s" in c.get("device", {})]
         row["max_client_train_s"] = max(times) if times else None
         row["clients"] = list(row["clients"].values())
         if self.outputs is not None:
@@ -277,10 +241,13 @@ def round_line(row: dict[str, Any], num_rounds: int | None = None) -> str:
              f"{row.get('wall_s', 0):.1f}s",
              f"{row.get('train_replies', 0)} clients"]
     rejected = row.get("rejected_replies") or 0
-    if row.get("train_failures", 0) - rejected > 0:
-        parts.append(f"{row['train_failures'] - rejected} failed")
+    silent = row.get("no_reply") or 0
+    if row.get("train_failures", 0) - rejected - silent > 0:
+        parts.append(f"{row['train_failures'] - rejected - silent} failed")
     if rejected:
         parts.append(f"{rejected} rejected")
+    if silent:
+        parts.append(f"{silent} no reply")
     if row.get("train_loss") is not None:
         parts.append(f"train loss {row['train_loss']:.4f}")
     if row.get("eval_accuracy") is not None:
@@ -315,23 +282,6 @@ def wait_for_clients(grid: Grid, needed: int, timeout: float) -> int:
         time.sleep(1.0)
 
 
-def common_metrics(replies: list[Message]) -> list[Message]:
-    """Keep in each reply only the metrics every reply has.
-
-    Flower refuses to aggregate replies whose metric keys differ (a client that
-    skipped an optional metric, or runs another release); every client's own metrics
-    are already recorded, so the aggregate uses the keys they share.
-    """
-    keys = [{k for r in m.content.metric_records.values() for k in r} for m in replies]
-    shared = set.intersection(*keys) if keys else set()
-    for msg, own in zip(replies, keys, strict=True):
-        if own != shared:
-            for name, record in list(msg.content.metric_records.items()):
-                msg.content[name] = MetricRecord(
-                    {k: v for k, v in record.items() if k in shared})
-    return replies
-
-
 class RecordingMixin:
     """Put in front of a Flower strategy class to record rounds (see module doc)."""
 
@@ -339,6 +289,16 @@ class RecordingMixin:
     settings: RunSettings
     min_available_nodes: int
     round_offset: int = 0  # rounds done before a resume; Flower restarts from 1
+    _intake: Intake | None = None
+
+    @property
+    def intake(self) -> Intake:
+        """Return the reply intake for this run's model, compression and limits."""
+        if self._intake is None:
+            s = self.settings
+            self._intake = Intake(self.recorder.weight_specs, s.compression, IntakeLimits(
+                s.max_examples, s.max_examples_ratio, s.max_update_norm_ratio))
+        return self._intake
 
     def configure_train(self, server_round: int, arrays: ArrayRecord,
                         config: ConfigRecord, grid: Grid) -> Iterable[Message]:
@@ -351,12 +311,14 @@ class RecordingMixin:
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]
                         ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        """Aggregate only the replies fit to aggregate (see RunRecorder.accept_train)."""
-        accepted = self.recorder.accept_train(replies)
-        if len(accepted) < max(1, self.recorder.limits.min_replies):
+        """Aggregate only the messages the intake rebuilt from fit replies."""
+        result = self.intake.train(replies, self.recorder.base)
+        self.recorder.record_train(result)
+        if len(result.accepted) < max(1, self.recorder.limits.min_replies):
             return None, None  # the round ends the run with its reasons (end_round)
-        arrays, metrics = super().aggregate_train(  # type: ignore[misc]
-            server_round + self.round_offset, common_metrics(accepted))
+        arrays, _ = super().aggregate_train(  # type: ignore[misc]
+            server_round + self.round_offset, result.accepted)
+        metrics = MetricRecord(result.metrics)  # type: ignore[arg-type]
         self.recorder.aggregated(metrics)
         return self.recorder.conform(arrays), metrics
 
@@ -379,11 +341,13 @@ class RecordingMixin:
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]
                            ) -> MetricRecord | None:
-        """Aggregate the successful evaluation replies."""
-        ok = self.recorder.accept_evaluate(replies)
-        if not ok:
+        """Aggregate the evaluation replies the intake accepted."""
+        result = self.intake.evaluate(replies)
+        self.recorder.record_evaluate(result)
+        if not result.accepted:
             return None
-        metrics = super().aggregate_evaluate(  # type: ignore[misc]
-            server_round + self.round_offset, common_metrics(ok))
+        super().aggregate_evaluate(  # type: ignore[misc]
+            server_round + self.round_offset, result.accepted)
+        metrics = MetricRecord(result.metrics)  # type: ignore[arg-type]
         self.recorder.aggregated(metrics)
-        return metrics  # type: ignore[no-any-return]
+        return metrics

@@ -9,7 +9,6 @@ which the SuperLink has ended, and submits a continuation that starts from there
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from fedfleet.server.outputs import read_metrics
+from fedfleet.shared.atomic import save_atomic
 from fedfleet.shared.constants import CHECKPOINT_DIR
 from fedfleet.shared.settings import RunSettings
 
@@ -36,9 +36,7 @@ def save_strategy_state(strategy: Any, path: Path) -> None:
     for name in STATE_ATTRIBUTES:
         for key, value in (getattr(strategy, name, None) or {}).items():
             arrays[f"{name}/{key}"] = np.asarray(value)
-    tmp = path.with_name(f".{path.stem}.tmp.npz")
-    np.savez(tmp, **arrays)  # type: ignore[arg-type]
-    os.replace(tmp, path)
+    save_atomic(path, lambda tmp: np.savez(tmp, **arrays))  # type: ignore[arg-type]
 
 
 def restore_strategy_state(strategy: Any, path: Path) -> None:

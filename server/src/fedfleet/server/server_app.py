@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ from fedfleet.server.resume import (
     state_path,
 )
 from fedfleet.server.strategies import make_strategy
+from fedfleet.shared.atomic import copy_atomic
 from fedfleet.shared.data import fit_to_shape, load_dataset
 from fedfleet.shared.errors import FedfleetError
 from fedfleet.shared.logs import get_logger
@@ -70,9 +70,9 @@ def _continue(resume: ResumePoint, run_id: int, model: Any, recorder: RunRecorde
         restore_strategy_state(strategy, state)
     strategy.round_offset = resume.last_round
     if recorder.outputs is not None:  # so a crash before the next round resumes too
-        shutil.copy2(resume.checkpoint, recorder.outputs.checkpoint(resume.last_round))
+        copy_atomic(resume.checkpoint, recorder.outputs.checkpoint(resume.last_round))
         if state.exists():
-            shutil.copy2(state, state_path(recorder.outputs.directory, resume.last_round))
+            copy_atomic(state, state_path(recorder.outputs.directory, resume.last_round))
     recorder.record["run"]["resumed_from"] = {"run_id": resume.run_id,
                                               "round": resume.last_round}
     recorder.record["initial"] = resume.record.get("initial")
@@ -98,10 +98,8 @@ def main(grid: Grid, context: Context) -> None:
             "num_rounds": settings.num_rounds, "settings": settings.to_run_config(),
             "num_params": int(sum(w.size for w in weights)),
             "model_bytes": int(sum(w.nbytes for w in weights))}
-    limits = UpdateLimits(settings.max_examples, settings.max_update_norm_ratio,
-                          settings.min_replies)
     recorder = RunRecorder(outputs, info, specs_of(weights), model, settings.compression,
-                           limits)
+                           UpdateLimits(settings.min_replies))
     try:
         strategy = make_strategy(settings, base=RecordingMixin)
         strategy.recorder = recorder  # type: ignore[attr-defined]
@@ -115,7 +113,8 @@ def main(grid: Grid, context: Context) -> None:
             _continue(resume, context.run_id, model, recorder, strategy)
             offset = resume.last_round
         result = strategy.start(
-            grid=PromptGrid(grid),
+            grid=PromptGrid(grid, quorum=settings.round_quorum,
+                            grace=settings.round_grace),
             initial_arrays=ArrayRecord(model.get_weights()),
             num_rounds=settings.num_rounds - offset,
             timeout=settings.round_timeout,

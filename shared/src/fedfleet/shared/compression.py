@@ -72,18 +72,26 @@ def _shapes(header: np.ndarray, what: str) -> list[tuple[int, ...]]:
     return shapes
 
 
-def unpack_float16(arrays: Sequence[np.ndarray], what: str) -> list[np.ndarray]:
+def unpack_float16(arrays: Sequence[np.ndarray], what: str,
+                   expect: Sequence[tuple[int, ...]] | None = None) -> list[np.ndarray]:
     """Invert :func:`pack_float16`; return float32 tensors.
+
+    With ``expect`` (the shapes the tensors must have) the header is compared with it
+    before anything is inflated, so the work is bounded by the model's size, not by
+    what the header announces.
 
     Raises
     ------
     ModelMismatchError
-        If ``arrays`` are not a packed pair (``what`` names them in the message).
+        If ``arrays`` are not a packed pair (``what`` names them in the message), or
+        their shapes are not ``expect``.
     """
-    if len(arrays) != 2 or arrays[1].dtype != np.uint8:
+    if len(arrays) != 2 or arrays[1].dtype != np.uint8 or arrays[1].ndim != 1:
         raise ModelMismatchError(f"{what} is not a packed float16 pair (header, payload), "
                                  f"got {len(arrays)} arrays")
     shapes = _shapes(arrays[0], what)
+    if expect is not None:
+        _compare_shapes(shapes, [tuple(s) for s in expect], what)
     sizes = [math.prod(shape) for shape in shapes]
     count = sum(sizes)
     if count > MAX_VALUES:
@@ -102,6 +110,18 @@ def unpack_float16(arrays: Sequence[np.ndarray], what: str) -> list[np.ndarray]:
         out.append(values[start:start + size].reshape(shape).astype(np.float32))
         start += size
     return out
+
+
+def _compare_shapes(got: Sequence[tuple[int, ...]], want: Sequence[tuple[int, ...]],
+                    what: str) -> None:
+    if len(got) != len(want):
+        raise ModelMismatchError(f"{what} has {len(got)} tensors, the model has "
+                                 f"{len(want)}")
+    for index, (have, need) in enumerate(zip(got, want, strict=True)):
+        if have != need:
+            text = str(have) if len(str(have)) <= 60 else str(have)[:57] + "..."
+            raise ModelMismatchError(f"tensor {index} of {what} is {text}, the model "
+                                     f"expects {need}")
 
 
 def encode_weights(weights: Sequence[np.ndarray], method: str) -> list[np.ndarray]:
@@ -131,7 +151,9 @@ def encode_update(new: Sequence[np.ndarray], base: Sequence[np.ndarray], method:
         out: list[np.ndarray] = []
         for delta in deltas:
             peak = float(np.max(np.abs(delta))) if delta.size else 0.0
-            scale = peak / 127.0 if peak > 0 else 1.0
+            scale = np.float32(peak / 127.0)  # the scale as it travels, float32
+            if not 0 < scale < np.inf:  # all zero, or so small it rounds to 0
+                scale = np.float32(1.0)
             out += [np.clip(np.rint(delta / scale), -127, 127).astype(np.int8),
                     np.array([scale], dtype=np.float32)]
         return out
@@ -150,16 +172,13 @@ def decode_update(arrays: Sequence[np.ndarray], base: Sequence[np.ndarray], meth
     if method == "none":
         return list(arrays)
     if method == "float16":
-        deltas = unpack_float16(arrays, f"float16 update from {origin}")
+        deltas = unpack_float16(arrays, f"float16 update from {origin}",
+                                expect=[b.shape for b in base])
     elif method == "int8":
-        if len(arrays) != 2 * len(base):
-            raise ModelMismatchError(f"int8 update from {origin} has {len(arrays)} "
-                                     f"arrays, expected {2 * len(base)}")
-        deltas = [q.astype(np.float32) * float(s.reshape(-1)[0]) if s.size == 1 else q
-                  for q, s in zip(arrays[0::2], arrays[1::2], strict=True)]
+        deltas = _decode_int8(arrays, base, origin)
     else:
         raise ValueError(f"unknown compression {method!r}: use one of {METHODS}")
-    if len(deltas) != len(base):
+    if len(deltas) != len(base):  # pragma: no cover - both decoders check it first
         raise ModelMismatchError(f"update from {origin} has {len(deltas)} tensors, the "
                                  f"model has {len(base)}")
     out = []
@@ -169,3 +188,22 @@ def decode_update(arrays: Sequence[np.ndarray], base: Sequence[np.ndarray], meth
                                      f"{delta.shape}, the model expects {b.shape}")
         out.append((b.astype(np.float32) + delta.astype(np.float32)).astype(b.dtype))
     return out
+
+
+def _decode_int8(arrays: Sequence[np.ndarray], base: Sequence[np.ndarray], origin: str
+                 ) -> list[np.ndarray]:
+    """Return the float32 deltas of an int8 update, every part checked first."""
+    if len(arrays) != 2 * len(base):
+        raise ModelMismatchError(f"int8 update from {origin} has {len(arrays)} "
+                                 f"arrays, expected {2 * len(base)}")
+    deltas = []
+    for index, (q, s, b) in enumerate(zip(arrays[0::2], arrays[1::2], base, strict=True)):
+        if q.dtype != np.int8 or q.shape != b.shape:
+            raise ModelMismatchError(f"int8 update tensor {index} from {origin} is "
+                                     f"{q.shape} {q.dtype}, expected {b.shape} int8")
+        scale = float(s.reshape(-1)[0]) if s.size == 1 and s.dtype.kind == "f" else None
+        if scale is None or not math.isfinite(scale) or scale < 0:
+            raise ModelMismatchError(f"int8 update tensor {index} from {origin} has no "
+                                     "finite non-negative scale")
+        deltas.append(q.astype(np.float32) * np.float32(scale))
+    return deltas

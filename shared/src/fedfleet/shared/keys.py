@@ -7,6 +7,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from fedfleet.shared.atomic import PUBLIC, write_atomic
 from fedfleet.shared.errors import ConfigError
 from fedfleet.shared.secrets import write_private
 
@@ -31,5 +32,5 @@ def create_node_key(path: Path, force: bool = False) -> str:
     public = key.public_key().public_bytes(serialization.Encoding.OpenSSH,
                                            serialization.PublicFormat.OpenSSH).decode()
     write_private(path, private, force=True)
-    pub.write_text(public + "\n", encoding="utf-8")
+    write_atomic(pub, public + "\n", PUBLIC)
     return public

@@ -89,11 +89,14 @@ class RunSettings:
     eval_fraction: float = 0.2
     eval_data: str = DEFAULT_DATASET
     output_dir: str = ""
-    round_timeout: float = 600.0
+    round_timeout: float = 300.0
+    round_quorum: float = 0.5
+    round_grace: float = 1.0
     client_wait_timeout: float = 300.0
     client_eval: str = "with-train"
     compression: str = "none"
-    max_examples: int = 10_000_000
+    max_examples: int = 100_000
+    max_examples_ratio: float = 3.0
     max_update_norm_ratio: float = 10.0
     min_replies: int = 1
     resume_from: str = ""  # run directory of an interrupted run to continue
@@ -115,10 +118,13 @@ class RunSettings:
             (self.dirichlet_alpha > 0, "dirichlet-alpha must be > 0"),
             (0 <= self.eval_fraction < 1, "eval-fraction must be in [0, 1)"),
             (self.round_timeout > 0, "round-timeout must be > 0"),
+            (0 < self.round_quorum <= 1, "round-quorum must be in (0, 1]"),
+            (self.round_grace >= 0, "round-grace must be >= 0"),
             (self.client_wait_timeout > 0, "client-wait-timeout must be > 0"),
             (self.client_eval in CLIENT_EVAL,
              f"client-eval must be one of {', '.join(CLIENT_EVAL)}"),
             (self.max_examples >= 1, "max-examples must be >= 1"),
+            (self.max_examples_ratio >= 0, "max-examples-ratio must be >= 0"),
             (self.max_update_norm_ratio >= 0, "max-update-norm-ratio must be >= 0"),
             (self.min_replies >= 1, "min-replies must be >= 1"),
             (self.compression in METHODS,

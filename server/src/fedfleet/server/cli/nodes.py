@@ -13,6 +13,7 @@ from fedfleet.server.cli.options import (
     echo_rows,
     format_option,
 )
+from fedfleet.shared.atomic import write_atomic
 
 
 @click.group("nodes")
@@ -44,7 +45,7 @@ def nodes_register(public_key: Path, name: str | None, server: str, insecure: bo
     if str(public_key) == "-":
         state_dir.mkdir(parents=True, exist_ok=True)
         public_key = state_dir / "incoming.pub"
-        public_key.write_text(sys.stdin.read(), encoding="utf-8")
+        write_atomic(public_key, sys.stdin.read())
     elif not public_key.is_file():
         raise click.BadParameter(f"{public_key} does not exist", param_hint="PUBLIC_KEY")
     node_id = control_from(server, insecure, root_certificates, state_dir).register_node(

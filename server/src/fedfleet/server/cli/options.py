@@ -80,16 +80,31 @@ RUN_OPTIONS: list[Callable[[Any], Any]] = [
     click.option("--max-examples", type=click.IntRange(min=1), default=D.max_examples,
                  show_default=True,
                  help="Reject a reply claiming more training examples than this."),
+    click.option("--max-examples-ratio", type=click.FloatRange(min=0),
+                 default=D.max_examples_ratio, show_default=True,
+                 help="A reply's num-examples counts at most this many times the "
+                      "round's median claim in the weighted average (0: no cap)."),
     click.option("--max-update-norm-ratio", type=click.FloatRange(min=0),
                  default=D.max_update_norm_ratio, show_default=True,
                  help="Reject a reply whose update norm exceeds this many times the "
                       "round's median (needs 3+ replies; 0: off)."),
     click.option("--min-replies", type=click.IntRange(min=1), default=D.min_replies,
                  show_default=True,
-                 help="Usable replies a round needs by --round-timeout; with fewer the "
+                 help="Usable replies a round needs when it closes; with fewer the "
                       "run ends with the reasons."),
     click.option("--round-timeout", type=click.FloatRange(min=1), default=D.round_timeout,
-                 show_default=True, help="Seconds a round waits for client replies."),
+                 show_default=True,
+                 help="Seconds a round waits at most for client replies (the deadline "
+                      "when fewer than --round-quorum answer)."),
+    click.option("--round-quorum", type=click.FloatRange(0, 1, min_open=True),
+                 default=D.round_quorum, show_default=True,
+                 help="Share of the round's clients whose replies start the grace "
+                      "period; 1 waits for all of them up to --round-timeout."),
+    click.option("--round-grace", type=click.FloatRange(min=0), default=D.round_grace,
+                 show_default=True,
+                 help="After the quorum, wait this many times as long again as the "
+                      "quorum took (at least 10 s) for the other clients, then close "
+                      "the round."),
     click.option("--client-wait-timeout", type=click.FloatRange(min=1),
                  default=D.client_wait_timeout, show_default=True,
                  help="Seconds to wait for --min-clients before giving up."),
