@@ -26,6 +26,8 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).parents[1] / "tests"))
 from ports import free_port  # noqa: E402  (re-exported for robustness.py)
 
+from fedfleet.server.record import read_record  # noqa: E402
+
 VENV_BIN = Path(sys.executable).parent
 FEDFLEET = str(VENV_BIN / "fedfleet")
 QUIET = {"FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1",
@@ -241,16 +243,19 @@ def run_fedfleet(sc: Scenario, timeout: float = 1800) -> dict[str, Any]:
         if server.returncode != 0:
             raise RuntimeError(f"fedfleet run failed:\n{(work / 'server.log').read_text()}")
         (run_dir,) = (work / "out").glob("run-*")
-        record = json.loads((run_dir / "metrics.json").read_text())
+        record = read_record(run_dir)
+        if record is None:
+            raise RuntimeError(f"no run record in {run_dir}")
         rounds = record["rounds"]
         steady = rounds[1:] or rounds
         round_peak, round_roles = sampler.peak(
             steady[0]["started_at"], steady[-1]["started_at"] + steady[-1]["wall_s"])
         model_bytes = record["run"]["model_bytes"]
         walls = [r["wall_s"] for r in rounds]
-        overheads = [r["wall_s"] - r["max_client_train_s"] for r in rounds]
-        clients = [c for r in rounds for c in r["clients"]]
-        clientapp_peak = max(c.get("clientapp_peak_rss_mb", 0.0) for c in clients)
+        overheads = [r["wall_s"] - (r.get("max_client_train_s") or 0.0) for r in rounds]
+        devices = [c.get("device", {}) for r in rounds for c in r.get("clients", [])]
+        clientapp_peak = max((d.get("clientapp_peak_rss_mb", 0.0) for d in devices),
+                             default=0.0)
         per_device = [sum(m.values()) + clientapp_peak for m in memory] or [0.0]
         t0 = rounds[0]["started_at"]
         return {

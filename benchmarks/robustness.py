@@ -21,6 +21,8 @@ from typing import Any
 
 from fleet import FEDFLEET, QUIET, _stop_group, free_port
 
+from fedfleet.server.record import read_record
+
 ROOT = Path(__file__).resolve().parents[1]
 POISONED = ROOT / "tests" / "integration" / "poisoned_worker.py"
 ROUNDS = 3
@@ -86,10 +88,9 @@ def main() -> None:
             if run_id is None:
                 row["error"] = (done.stderr or done.stdout).strip().splitlines()[-1:]
             else:
-                record = json.loads((work / "out" / f"run-{run_id}" /
-                                     "metrics.json").read_text())
-                rounds = record["rounds"]
-                row.update(accuracy=rounds[-1].get("central_accuracy"),
+                record = read_record(work / "out" / f"run-{run_id}")
+                rounds = record["rounds"] if record is not None else []
+                row.update(accuracy=rounds[-1].get("central_accuracy") if rounds else None,
                            rejected=sum(r.get("rejected_replies", 0) for r in rounds),
                            replies=sum(r.get("train_replies", 0) for r in rounds))
             results.append(row)

@@ -10,7 +10,6 @@ honest devices' slowest training time and the round's errors, from metrics.json.
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 import tempfile
@@ -18,6 +17,8 @@ import time
 from pathlib import Path
 
 from fleet import FEDFLEET, QUIET, _stop_group, free_port
+
+from fedfleet.server.record import read_record
 
 ROOT = Path(__file__).resolve().parents[1]
 SILENT = ROOT / "tests" / "integration" / "silent_worker.py"
@@ -63,16 +64,15 @@ def main(extra: list[str]) -> None:
             _stop_group(proc)
     print(f"server exited {server.returncode} after {time.monotonic() - t0:.1f}s; "
           f"logs in {work}")
-    for path in (work / "out").glob("run-*/metrics.json"):
-        record = json.loads(path.read_text())
-        for row in record["rounds"]:
-            times = [c.get("train_time_s", c.get("device", {}).get("train_time_s"))
-                     for c in row["clients"]]
-            times = [t for t in times if t is not None]
-            print(f"round {row['round']}: wall {row['wall_s']:.1f}s, "
-                  f"{row['train_replies']} replies, slowest honest fit "
-                  f"{max(times, default=0):.1f}s, train phase "
-                  f"{row.get('train_phase_s', 0):.1f}s, errors {row['errors']}")
+    for run_dir in (work / "out").glob("run-*"):
+        record = read_record(run_dir)
+        for row in record["rounds"] if record is not None else []:
+            times = [c.get("device", {}).get("train_time_s") for c in row.get("clients", [])]
+            fits = [t for t in times if t is not None]
+            print(f"round {row.get('round')}: wall {row.get('wall_s', 0):.1f}s, "
+                  f"{row.get('train_replies')} replies, slowest honest fit "
+                  f"{max(fits, default=0):.1f}s, train phase "
+                  f"{row.get('train_phase_s', 0):.1f}s, errors {row.get('errors')}")
 
 
 if __name__ == "__main__":

@@ -323,8 +323,9 @@ def test_a_client_cut_off_the_network_for_30s_rejoins_and_contributes(
     assert record["status"] == "completed", logs[-5000:]
     rounds = record["rounds"]
     assert [r["round"] for r in rounds] == list(range(1, 9))
-    nodes = [sorted(c["node_id"] for c in r["clients"] if "train_time_s" in c)
-             for r in rounds]
+    nodes = [sorted(c["node_id"] for c in r["clients"]
+                    if "train_time_s" in c.get("device", {})) for r in rounds]
+    assert all(len(n) == 3 for n in nodes), nodes
     assert all(r["train_replies"] == 3 for r in rounds), (nodes, logs[-5000:])
     assert all(n == nodes[0] for n in nodes), nodes  # same three node IDs throughout
     client = _compose(project, env, "logs", "--no-color", "client-3", timeout=120).stdout

@@ -10,7 +10,8 @@ from typing import Any
 
 import pytest
 
-from fedfleet.server.follower import RunFollower, summary
+from fedfleet.server.follower import RunFollower
+from fedfleet.server.record import summary
 from fedfleet.shared.errors import FedfleetError
 
 RUN_ID = 17

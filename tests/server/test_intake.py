@@ -364,3 +364,13 @@ def test_a_second_reply_from_one_node_is_refused() -> None:
                                      "round"}
     np.testing.assert_allclose(result.accepted[0].content["arrays"].to_numpy_ndarrays()[0],
                                np.ones((4, 3)))
+
+
+def test_describe_error() -> None:
+    """Flower's error text is shortened to 'Type: message'."""
+    from fedfleet.server.intake import describe_error
+
+    assert describe_error("<class 'a.b.DataError'>:<'bad\nthing'>") == \
+        "DataError: bad\nthing"
+    assert describe_error("plain") == "plain"
+    assert describe_error(None) == "unknown error"

@@ -16,8 +16,8 @@ from fedfleet.server.resume import (
     restore_strategy_state,
     resume_point,
     save_strategy_state,
-    state_path,
 )
+from fedfleet.server.run_files import state_path
 from fedfleet.shared.settings import RunSettings
 
 

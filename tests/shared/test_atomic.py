@@ -115,17 +115,17 @@ def test_private_keys_are_0600_and_never_written_through_links(tmp_path: Path,
 
 def test_run_outputs_and_strategy_state(tmp_path: Path, victim: Path) -> None:
     """metrics.json/.csv, a checkpoint and the strategy state, with links planted."""
-    from fedfleet.server.outputs import RunOutputs
-    from fedfleet.server.resume import save_strategy_state, state_path
+    from fedfleet.server.resume import save_strategy_state
+    from fedfleet.server.run_files import RunFiles, state_path
     from fedfleet.shared.models import build_model
 
-    outputs = RunOutputs(tmp_path / "run")
+    outputs = RunFiles(tmp_path / "run")
     run = tmp_path / "run"
     checkpoints = run / "checkpoints"
     _plant(victim, run / ".metrics.json.tmp", run / ".metrics.csv.tmp",
            run / "metrics.json", checkpoints / ".round-001.tmp.keras",
            checkpoints / "round-001.keras", checkpoints / ".round-001.state.tmp.npz")
-    outputs.write_metrics({"rounds": [{"round": 1}]})
+    outputs.write_record({"rounds": [{"round": 1}]})
     assert json.loads(outputs.metrics_json.read_text()) == {"rounds": [{"round": 1}]}
     _regular(outputs.metrics_json, 0o644)
     _regular(run / "metrics.csv", 0o644)

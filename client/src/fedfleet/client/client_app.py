@@ -104,9 +104,10 @@ def train(msg: Message, context: Context) -> Message:
     settings = _prepare(msg, context)
     config = msg.content.config_records.get(CONFIG_KEY)
     mu = config.get("proximal-mu", 0.0) if config is not None else 0.0  # set by FedProx
+    if isinstance(mu, bool) or not isinstance(mu, (int, float)):
+        raise ValueError(f"proximal-mu must be a number, got {mu!r}")
     weights = _received_weights(msg, settings)
-    metrics, new = _run("train", msg, context, settings, weights,
-                        proximal_mu=float(mu))  # type: ignore[arg-type]
+    metrics, new = _run("train", msg, context, settings, weights, proximal_mu=float(mu))
     log.info("Trained on %d samples in %.2fs (loss %.4f)", int(metrics["num-examples"]),
              metrics["train_time_s"], metrics["train_loss"])
     payload = encode_update(new, weights, settings.compression)

@@ -154,7 +154,7 @@ def _fit_proximal(
     loss_fn = tf.keras.losses.SparseCategoricalCrossentropy()
     optimizer = model.optimizer
 
-    @tf.function  # type: ignore[untyped-decorator]
+    @tf.function  # type: ignore[untyped-decorator]  # TensorFlow ships no type hints
     def step(xb: tf.Tensor, yb: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         with tf.GradientTape() as tape:
             probs = model(xb, training=True)

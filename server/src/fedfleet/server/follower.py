@@ -6,11 +6,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from fedfleet.server.control import Control
-from fedfleet.server.outputs import read_metrics
-from fedfleet.server.recorder import round_line
+from fedfleet.server.record import RunRecord, read_record, round_line
 from fedfleet.shared.errors import FedfleetError
 
 
@@ -25,7 +23,7 @@ class RunFollower:
     status_every: float = 30.0  # a `flwr ls` costs ~1 s of CPU; the metrics file is primary
     seen: int = field(default=0, init=False)
 
-    def follow(self, alive: Callable[[], bool] = lambda: True) -> dict[str, Any]:
+    def follow(self, alive: Callable[[], bool] = lambda: True) -> RunRecord:
         """Print each finished round; return the final record.
 
         Raises
@@ -36,38 +34,29 @@ class RunFollower:
         run_dir = self.output_dir / f"run-{self.run_id}"
         last_status = time.monotonic()
         while True:
-            record = read_metrics(run_dir)
+            record = read_record(run_dir)
             if record is not None:
                 num_rounds = record["run"].get("num_rounds")
                 for row in record["rounds"][self.seen:]:
                     self.on_line(round_line(row, num_rounds))
                 self.seen = len(record["rounds"])
-                if record["status"] == "completed":
+                if record.get("status") == "completed":
                     return record
-                if record["status"] == "failed":
+                if record.get("status") == "failed":
                     raise FedfleetError(f"run {self.run_id} failed: {record.get('error')}")
             if not alive():
                 raise FedfleetError("the SuperLink exited during the run; see its log")
             if time.monotonic() - last_status > self.status_every:
                 last_status = time.monotonic()
-                row = self.control.run(self.run_id)
-                if str(row["status"]).startswith("finished"):
+                status = self.control.run(self.run_id)
+                if str(status["status"]).startswith("finished"):
                     time.sleep(1.0)  # let the last metrics write land
-                    record = read_metrics(run_dir)
-                    if record is None or record["status"] == "running":
+                    record = read_record(run_dir)
+                    if record is None or record.get("status") == "running":
+                        details = status.get("status-details")
                         raise FedfleetError(
-                            f"run {self.run_id} ended as {row['status']}"
-                            f"{': ' + row['status-details'] if row.get('status-details') else ''}"
+                            f"run {self.run_id} ended as {status['status']}"
+                            f"{': ' + details if details else ''}"
                             " before it finished; see the SuperLink log")
                     continue
             time.sleep(1.0)
-
-
-def summary(record: dict[str, Any], run_dir: Path) -> str:
-    """Return the closing message of a completed run."""
-    rounds = record["rounds"]
-    last = rounds[-1] if rounds else {}
-    acc = last.get("central_accuracy", last.get("eval_accuracy"))
-    acc_text = f", final accuracy {acc:.2%}" if acc is not None else ""
-    return (f"done: run {record['run']['run_id']} finished {len(rounds)} rounds"
-            f"{acc_text}; outputs in {run_dir}")

@@ -47,6 +47,7 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, Message, MetricRecord, RecordDict
 from flwr.app.message.message import make_message
 
+from fedfleet.server.record import ErrorKind
 from fedfleet.server.validation import check_values, norm_outliers, update_norm
 from fedfleet.shared.compression import decode_update
 from fedfleet.shared.constants import ARRAYS_KEY, METRICS_KEY, NUM_EXAMPLES_KEY
@@ -110,7 +111,7 @@ class Rejection:
     """A reply left out, and why. ``kind``: error (the device's), rejected, deadline."""
 
     node_id: str
-    kind: str
+    kind: ErrorKind
     reason: str
 
     @property
@@ -352,7 +353,10 @@ class Intake:
         """Return ``num-examples`` if it is a whole number in 1..max-examples."""
         value = record.get(NUM_EXAMPLES_KEY)
         check_values([], value, self.limits.max_examples)
-        return float(value)  # type: ignore[arg-type]
+        number = _number(value)
+        if number is None:  # check_values refused it already; for the type checker
+            raise Reject(f"num-examples {_show(value)} is not a number")
+        return number
 
     def _global_eval(self, record: MetricRecord, dropped: list[str]) -> EvalScore | None:
         """Return the ``global_eval_*`` scores if all three are there and valid."""
@@ -485,7 +489,9 @@ def _known(record: MetricRecord, allowed: Mapping[str, Range], dropped: list[str
     unknown: list[str] = []
     for key, value in record.items():
         if key == NUM_EXAMPLES_KEY:
-            kept[key] = float(value)  # type: ignore[arg-type]  # checked by _claim
+            claim = _number(value)  # checked by Intake._claim
+            if claim is not None:
+                kept[key] = claim
             continue
         if key in extra:
             continue

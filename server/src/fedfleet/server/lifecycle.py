@@ -16,7 +16,8 @@ from pathlib import Path
 
 from fedfleet.server.authorized_keys import register_authorized_keys
 from fedfleet.server.control import Control
-from fedfleet.server.follower import RunFollower, summary
+from fedfleet.server.follower import RunFollower
+from fedfleet.server.record import summary
 from fedfleet.server.resume import continuation, find_interrupted
 from fedfleet.server.superlink import ServerOptions, start_superlink
 from fedfleet.shared import process

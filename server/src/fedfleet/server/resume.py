@@ -1,45 +1,61 @@
 """Continue a run that a server crash interrupted, from its last completed round.
 
-After every round the run directory holds the global model
+After every round the run's folder holds the global model
 (``checkpoints/round-NNN.keras``), the strategy's state (``round-NNN.state.npz``:
-FedAdam's moments and the like) and ``metrics.json`` with every round so far. A
-restarted ``fedfleet server`` finds a run whose record still says ``running`` but
-which the SuperLink has ended, and submits a continuation that starts from there.
+FedAdam's moments and the like) and ``metrics.json`` with every round so far. Resume
+has three steps, all here:
+
+1. **Decide** (``fedfleet server`` on start): :func:`find_interrupted` finds a run
+   whose record still says ``running`` although its SuperLink died with the last
+   server; :func:`continuation` gives the settings of the run that continues it.
+2. **Continue** (the new run's ServerApp): :func:`continue_run` loads the last
+   checkpoint and strategy state, sets the strategy's round offset, carries the
+   history over and links the two records (``resumed_from`` / ``continued_by``).
+3. **Keep state** (after every round): :func:`save_strategy_state`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import logging
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from fedfleet.server.outputs import read_metrics
-from fedfleet.shared.atomic import save_atomic
-from fedfleet.shared.constants import CHECKPOINT_DIR
-from fedfleet.shared.settings import RunSettings
+from fedfleet.server.record import RunRecord, read_record
+from fedfleet.server.run_files import RunFiles, checkpoint_path, state_path
+from fedfleet.shared.atomic import copy_atomic, save_atomic
+from fedfleet.shared.settings import RunSettings, Scalar
+
+if TYPE_CHECKING:
+    from fedfleet.server.recorder import RunRecorder
+    from fedfleet.server.wrapper import FedfleetStrategy
+
+log = logging.getLogger("fedfleet")
 
 STATE_ATTRIBUTES = ("m_t", "v_t")
 """Strategy attributes that carry state from round to round (Flower's FedOpt family)."""
 
 
-def state_path(run_dir: Path, server_round: int) -> Path:
-    """Return where the strategy state after ``server_round`` is kept."""
-    return run_dir / CHECKPOINT_DIR / f"round-{server_round:03d}.state.npz"
-
-
-def save_strategy_state(strategy: Any, path: Path) -> None:
+def save_strategy_state(strategy: object, path: Path) -> None:
     """Write the strategy's round-to-round state (maybe empty) atomically."""
     arrays: dict[str, np.ndarray] = {}
     for name in STATE_ATTRIBUTES:
         for key, value in (getattr(strategy, name, None) or {}).items():
             arrays[f"{name}/{key}"] = np.asarray(value)
-    save_atomic(path, lambda tmp: np.savez(tmp, **arrays))  # type: ignore[arg-type]
+    save_atomic(path, lambda tmp: _savez(tmp, arrays))
 
 
-def restore_strategy_state(strategy: Any, path: Path) -> None:
+def _savez(path: Path, arrays: Mapping[str, np.ndarray]) -> None:
+    # numpy's stubs read **kwargs as its own keyword options; names here are "m_t/0"...
+    savez: Callable[..., None] = np.savez
+    with path.open("wb") as handle:
+        savez(handle, **arrays)
+
+
+def restore_strategy_state(strategy: object, path: Path) -> None:
     """Put saved state back into a freshly built strategy."""
     with np.load(path) as saved:
         for name in STATE_ATTRIBUTES:
@@ -56,15 +72,20 @@ class ResumePoint:
     run_dir: Path
     run_id: int
     last_round: int
-    record: dict[str, Any]
+    record: RunRecord
 
     @property
     def checkpoint(self) -> Path:
         """Return the global model after the last completed round."""
-        return self.run_dir / CHECKPOINT_DIR / f"round-{self.last_round:03d}.keras"
+        return checkpoint_path(self.run_dir, self.last_round)
 
     @property
-    def settings(self) -> Mapping[str, Any]:
+    def state(self) -> Path:
+        """Return the strategy state after the last completed round."""
+        return state_path(self.run_dir, self.last_round)
+
+    @property
+    def settings(self) -> Mapping[str, Scalar]:
         """Return the interrupted run's settings (run-config form)."""
         return dict(self.record["run"].get("settings", {}))
 
@@ -75,12 +96,12 @@ def resume_point(run_dir: Path) -> ResumePoint | None:
     A run can continue if its record says ``running``, it finished at least one round
     but not all, and the checkpoint of its last round exists.
     """
-    record = read_metrics(run_dir)
+    record = read_record(run_dir)
     if record is None or record.get("status") != "running" or not record.get("rounds"):
         return None
-    last = int(record["rounds"][-1]["round"])
+    last = int(record["rounds"][-1].get("round", 0))
     total = int(record["run"].get("num_rounds", 0))
-    point = ResumePoint(run_dir, int(record["run"]["run_id"]), last, record)
+    point = ResumePoint(run_dir, int(record["run"].get("run_id", 0)), last, record)
     if last >= total or not point.checkpoint.exists():
         return None
     return point
@@ -108,3 +129,35 @@ def continuation(point: ResumePoint) -> RunSettings:
     """Return the settings that continue ``point``: its own, pointed at its directory."""
     return RunSettings.from_run_config(point.settings).replace(
         resume_from=str(point.run_dir.resolve()))
+
+
+def continue_run(point: ResumePoint, run_id: int, model: Any,
+                 strategy: FedfleetStrategy, recorder: RunRecorder) -> None:
+    """Start the run ``run_id`` where ``point`` stopped.
+
+    The model gets the last checkpoint's weights and the strategy its state and round
+    offset; the new record carries the history over, and the interrupted record is
+    marked ``interrupted`` and ``continued_by`` this run. The starting checkpoint and
+    state are copied into the new run's folder, so a second crash before the next
+    round can resume too.
+    """
+    import keras
+
+    model.set_weights(keras.models.load_model(point.checkpoint).get_weights())
+    if point.state.exists():
+        restore_strategy_state(strategy.inner, point.state)
+    strategy.offset = point.last_round
+    files = recorder.files
+    if files is not None:
+        copy_atomic(point.checkpoint, files.checkpoint(point.last_round))
+        if point.state.exists():
+            copy_atomic(point.state, files.state(point.last_round))
+    recorder.record["run"]["resumed_from"] = {"run_id": point.run_id,
+                                              "round": point.last_round}
+    recorder.record["initial"] = point.record.get("initial")
+    recorder.record["rounds"] = list(point.record["rounds"])
+    recorder.save()
+    previous: RunRecord = {**point.record, "status": "interrupted",
+                           "continued_by": run_id}
+    RunFiles(point.run_dir).write_record(previous)
+    log.info("Continuing run %s after its round %d", point.run_id, point.last_round)

@@ -93,11 +93,15 @@ def strategy_kwargs(settings: RunSettings) -> dict[str, Any]:
     }
 
 
-def make_strategy(settings: RunSettings, base: type[Any] | None = None) -> Strategy:
-    """Build the run's strategy; ``base`` is a mixin placed in front of it (recording)."""
+def make_strategy(settings: RunSettings) -> Strategy:
+    """Build the run's strategy (fedfleet wraps it: :mod:`fedfleet.server.wrapper`).
+
+    Raises
+    ------
+    ConfigError
+        If the strategy's constructor refuses its parameters.
+    """
     cls = strategy_class(settings.strategy)
-    if base is not None:
-        cls = type(f"{base.__name__}{cls.__name__}", (base, cls), {})
     try:
         return cls(**strategy_kwargs(settings))
     except (TypeError, ValueError) as err:

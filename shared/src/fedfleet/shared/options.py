@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import click
 
+if TYPE_CHECKING:  # click is generic from 8.5 on; at run time older ones must work too
+    _PartitionBase = click.ParamType[tuple[int, int], object]
+    _AddressBase = click.ParamType[str, object]
+else:
+    _PartitionBase = _AddressBase = click.ParamType
 
-class PartitionType(click.ParamType):  # type: ignore[type-arg]
+
+class PartitionType(_PartitionBase):
     """``I/N``: this device holds partition I (0-based) of N of a shared dataset."""
 
     name = "I/N"
@@ -25,7 +33,7 @@ class PartitionType(click.ParamType):  # type: ignore[type-arg]
         return i, n
 
 
-class AddressType(click.ParamType):  # type: ignore[type-arg]
+class AddressType(_AddressBase):
     """``host:port`` of a SuperLink."""
 
     name = "HOST:PORT"

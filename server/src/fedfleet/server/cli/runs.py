@@ -17,8 +17,7 @@ from fedfleet.server.cli.options import (
     settings_from,
 )
 from fedfleet.server.lifecycle import submit_and_follow
-from fedfleet.server.outputs import read_metrics
-from fedfleet.server.recorder import round_line
+from fedfleet.server.record import read_record, round_line
 
 
 @click.command("run")
@@ -76,15 +75,15 @@ def status(run_id: int, server: str, insecure: bool, root_certificates: Path | N
     Example:
         fedfleet status 4830312951876347621
     """
-    row = control_from(server, insecure, root_certificates, state_dir).run(run_id)
-    click.echo(f"run {run_id}: {row['status']}"
-               f"{' (' + row['status-details'] + ')' if row.get('status-details') else ''}"
-               f", elapsed {row['elapsed']}")
-    record = read_metrics(output_dir / f"run-{run_id}")
+    status = control_from(server, insecure, root_certificates, state_dir).run(run_id)
+    details = status.get("status-details")
+    click.echo(f"run {run_id}: {status['status']}{f' ({details})' if details else ''}"
+               f", elapsed {status['elapsed']}")
+    record = read_record(output_dir / f"run-{run_id}")
     if record is None:
         click.echo(f"no metrics in {output_dir}/run-{run_id}")
         return
-    for line in (round_line(r, record["run"].get("num_rounds")) for r in record["rounds"]):
-        click.echo(line)
+    for row in record["rounds"]:
+        click.echo(round_line(row, record["run"].get("num_rounds")))
     if record.get("error"):
         click.echo(f"error: {record['error']}")

@@ -1,4 +1,7 @@
-"""A run's output directory: metrics as JSON and CSV, checkpoints, the final model."""
+"""A run's folder: the record as JSON and CSV, checkpoints, strategy state, final model.
+
+Every file is replaced atomically, so a reader never sees half a file.
+"""
 
 from __future__ import annotations
 
@@ -8,18 +11,13 @@ import json
 from pathlib import Path
 from typing import Any
 
+from fedfleet.server.record import CSV_COLUMNS, RunRecord
 from fedfleet.shared.atomic import save_atomic, write_atomic
 from fedfleet.shared.constants import CHECKPOINT_DIR, FINAL_MODEL, METRICS_CSV, METRICS_JSON
 
-CSV_COLUMNS = [
-    "round", "wall_s", "train_replies", "train_failures", "train_loss",
-    "train_accuracy", "eval_replies", "eval_loss", "eval_accuracy",
-    "central_loss", "central_accuracy", "max_client_train_s",
-]
 
-
-class RunOutputs:
-    """Writes one run's files, each replaced atomically so readers never see half a file."""
+class RunFiles:
+    """The files of the run in ``directory``."""
 
     def __init__(self, directory: Path) -> None:
         """Create ``directory`` and its checkpoint folder."""
@@ -28,7 +26,7 @@ class RunOutputs:
 
     @property
     def metrics_json(self) -> Path:
-        """Return the path of the full metrics record."""
+        """Return the path of the full record."""
         return self.directory / METRICS_JSON
 
     @property
@@ -36,11 +34,15 @@ class RunOutputs:
         """Return the path of the final model."""
         return self.directory / FINAL_MODEL
 
-    def checkpoint(self, server_round: int) -> Path:
-        """Return the checkpoint path of ``server_round``."""
-        return self.directory / CHECKPOINT_DIR / f"round-{server_round:03d}.keras"
+    def checkpoint(self, run_round: int) -> Path:
+        """Return the path of the global model after ``run_round``."""
+        return checkpoint_path(self.directory, run_round)
 
-    def write_metrics(self, record: dict[str, Any]) -> None:
+    def state(self, run_round: int) -> Path:
+        """Return the path of the strategy's state after ``run_round``."""
+        return state_path(self.directory, run_round)
+
+    def write_record(self, record: RunRecord) -> None:
         """Write ``metrics.json`` (everything) and ``metrics.csv`` (one row per round)."""
         write_atomic(self.metrics_json, json.dumps(record, indent=1, default=float))
         buffer = io.StringIO()
@@ -55,9 +57,11 @@ class RunOutputs:
         save_atomic(path, model.save)
 
 
-def read_metrics(directory: Path) -> dict[str, Any] | None:
-    """Return the metrics record in ``directory``, or None if there is none yet."""
-    try:
-        return json.loads((directory / METRICS_JSON).read_text(encoding="utf-8"))  # type: ignore[no-any-return]
-    except (FileNotFoundError, json.JSONDecodeError):
-        return None
+def checkpoint_path(run_dir: Path, run_round: int) -> Path:
+    """Return where the global model after ``run_round`` is kept."""
+    return run_dir / CHECKPOINT_DIR / f"round-{run_round:03d}.keras"
+
+
+def state_path(run_dir: Path, run_round: int) -> Path:
+    """Return where the strategy state after ``run_round`` is kept."""
+    return run_dir / CHECKPOINT_DIR / f"round-{run_round:03d}.state.npz"

@@ -1,4 +1,4 @@
-"""RecordingMixin and RunRecorder driven with a fake grid and real Flower messages."""
+"""FedfleetStrategy and its RunRecorder driven with a fake grid and real Flower messages."""
 
 from __future__ import annotations
 
@@ -12,16 +12,14 @@ from flwr.app import ArrayRecord, ConfigRecord, Error, Message, MetricRecord, Re
 from flwr.serverapp import Grid
 from flwr.supercore.task_identity import TaskIdentity
 
-from fedfleet.server.outputs import RunOutputs, read_metrics
-from fedfleet.server.recorder import (
-    RecordingMixin,
-    RunRecorder,
-    UpdateLimits,
-    describe_error,
-    round_line,
-    wait_for_clients,
-)
+from fedfleet.server.codec import WeightCodec
+from fedfleet.server.intake import Intake, IntakeLimits
+from fedfleet.server.record import CentralScores, read_record, round_line
+from fedfleet.server.recorder import RunRecorder
+from fedfleet.server.round_policy import RoundPolicy
+from fedfleet.server.run_files import RunFiles
 from fedfleet.server.strategies import make_strategy
+from fedfleet.server.wrapper import FedfleetStrategy
 from fedfleet.shared.compression import decode_weights, encode_update
 from fedfleet.shared.errors import FedfleetError
 from fedfleet.shared.models import build_model
@@ -70,18 +68,30 @@ def _error(to: Message, node: int, reason: str) -> Message:
 
 
 def _setup(tmp_path: Path, strategy: str = "fedavg", compression: str = "none",
-           num_rounds: int = 1):  # type: ignore[no-untyped-def]
+           num_rounds: int = 1, min_replies: int = 1
+           ) -> tuple[FedfleetStrategy, RunRecorder, list[np.ndarray]]:
     settings = RunSettings(strategy=strategy, min_clients=2, model="mlp",
                            input_shape="4", num_classes=2, compression=compression,
-                           client_wait_timeout=5, num_rounds=num_rounds)
+                           client_wait_timeout=5, num_rounds=num_rounds,
+                           min_replies=min_replies)
     model = build_model("mlp", (4,), 2)
     weights = model.get_weights()
-    recorder = RunRecorder(RunOutputs(tmp_path), {"run_id": 1, "num_rounds": num_rounds},
-                           specs_of(weights), model, compression)
-    strategy_obj = make_strategy(settings, base=RecordingMixin)
-    strategy_obj.recorder = recorder  # type: ignore[attr-defined]
-    strategy_obj.settings = settings  # type: ignore[attr-defined]
-    return strategy_obj, recorder, weights
+    specs = specs_of(weights)
+    recorder = RunRecorder(RunFiles(tmp_path), {"run_id": 1, "num_rounds": num_rounds})
+    wrapped = FedfleetStrategy(
+        make_strategy(settings),
+        intake=Intake(specs, compression, IntakeLimits(
+            settings.max_examples, settings.max_examples_ratio,
+            settings.max_update_norm_ratio)),
+        codec=WeightCodec(specs, compression), recorder=recorder,
+        policy=RoundPolicy.of(settings), model=model)
+    return wrapped, recorder, weights
+
+
+def _end_round(strategy: FedfleetStrategy, server_round: int, arrays: ArrayRecord,
+               central: CentralScores | None = None) -> None:
+    """Do what Flower does after a round: call the evaluate_fn the wrapper gave it."""
+    strategy.round_end(lambda _: central)(server_round, arrays)
 
 
 def test_round_with_a_bad_reply_aggregates_the_good_ones(tmp_path: Path) -> None:
@@ -108,13 +118,13 @@ def test_round_with_a_bad_reply_aggregates_the_good_ones(tmp_path: Path) -> None
     for got in arrays.to_numpy_ndarrays():
         np.testing.assert_almost_equal(got, np.full_like(got, 2.0))
     assert metrics["train_loss"] == pytest.approx(2.0)
-    row = recorder.current
+    row = recorder.row
     assert row["train_replies"] == 2 and row["train_failures"] == 2
     errors = {e["node_id"]: e["error"] for e in row["errors"]}
     assert "tensor 0" in errors["13"]
     assert errors["14"].startswith("VersionMismatchError: server runs fedfleet 0.2.0")
-    recorder.end_round(1, arrays, {"loss": 0.5, "accuracy": 0.9})
-    saved = read_metrics(tmp_path)
+    _end_round(strategy, 1, arrays, {"loss": 0.5, "accuracy": 0.9})
+    saved = read_record(tmp_path)
     assert saved is not None
     assert saved["rounds"][0]["central_accuracy"] == 0.9
     assert saved["rounds"][0]["max_client_train_s"] == 0.7
@@ -135,22 +145,7 @@ def test_a_round_where_nobody_could_train_stops_the_run(tmp_path: Path) -> None:
     assert list(strategy.configure_evaluate(1, ArrayRecord(weights), ConfigRecord(),
                                             grid)) == []
     with pytest.raises(FedfleetError, match="no client could train in round 1: node 2"):
-        recorder.end_round(1, ArrayRecord(weights), None)
-
-
-def test_waiting_for_clients_is_bounded() -> None:
-    """Too few clients is an error after the timeout, not an endless wait."""
-    assert wait_for_clients(FakeGrid([1, 2, 3]), 3, timeout=1) == 3
-    with pytest.raises(FedfleetError, match="only 1 of the 3 clients"):
-        wait_for_clients(FakeGrid([1]), 3, timeout=0.5)
-
-
-def test_describe_error() -> None:
-    """Flower's error text is shortened to 'Type: message'."""
-    assert describe_error("<class 'a.b.DataError'>:<'bad\nthing'>") == \
-        "DataError: bad\nthing"
-    assert describe_error("plain") == "plain"
-    assert describe_error(None) == "unknown error"
+        _end_round(strategy, 1, ArrayRecord(weights))
 
 
 def test_recorder_writes_status(tmp_path: Path) -> None:
@@ -178,7 +173,7 @@ def test_int8_updates_are_decoded_before_aggregation(tmp_path: Path) -> None:
     for got, want in zip(arrays.to_numpy_ndarrays(), plus, strict=True):
         assert got.dtype == np.float32
         np.testing.assert_allclose(got, want, atol=0.01)
-    assert recorder.current["payload_bytes_up"] < recorder.current["payload_bytes_down"]
+    assert recorder.row["payload_bytes_up"] < recorder.row["payload_bytes_down"]
 
 
 def test_evaluation_in_train_replies_lands_on_the_previous_round(tmp_path: Path) -> None:
@@ -195,7 +190,7 @@ def test_evaluation_in_train_replies_lands_on_the_previous_round(tmp_path: Path)
                    for m, acc, n in zip(msgs, scores, (10, 30), strict=True)]
         strategy.aggregate_train(rnd, replies)
         assert list(strategy.configure_evaluate(rnd, arrays, ConfigRecord(), grid)) == []
-        recorder.end_round(rnd, arrays, None)
+        _end_round(strategy, rnd, arrays)
     first = recorder.record["rounds"][0]
     assert first["eval_replies"] == 2
     assert first["eval_accuracy"] == pytest.approx((0.6 * 10 + 0.9 * 30) / 40)
@@ -225,14 +220,14 @@ def test_poisoned_and_broken_updates_are_rejected_with_reasons(tmp_path: Path) -
     mean = [np.mean([h[i] for h in honest], axis=0) for i in range(len(weights))]
     for got, want in zip(arrays.to_numpy_ndarrays(), mean, strict=True):
         np.testing.assert_allclose(got, want, atol=1e-6)
-    row = recorder.current
+    row = recorder.row
     assert row["train_replies"] == 3 and row["rejected_replies"] == 3
     errors = {e["node_id"]: e["error"] for e in row["errors"]}
     assert errors["34"] == "rejected: 1 non-finite value(s) (NaN/inf) in weight 0"
     assert "update norm" in errors["35"] and "over 10x the round's median" in errors["35"]
     assert errors["36"].startswith("rejected: num-examples 0 is outside")
-    recorder.end_round(1, arrays, None)
-    saved = read_metrics(tmp_path)
+    _end_round(strategy, 1, arrays)
+    saved = read_record(tmp_path)
     assert saved is not None and saved["rounds"][0]["rejected_replies"] == 3
     assert "3 rejected" in round_line(saved["rounds"][0])
 
@@ -251,8 +246,7 @@ def test_server_optimizers_hand_back_the_models_dtypes(tmp_path: Path) -> None:
 
 def test_too_few_usable_replies_end_the_run_with_reasons(tmp_path: Path) -> None:
     """With --min-replies 2 and one usable reply, nothing is aggregated; the reason says so."""
-    strategy, recorder, weights = _setup(tmp_path)
-    recorder.limits = UpdateLimits(min_replies=2)
+    strategy, recorder, weights = _setup(tmp_path, min_replies=2)
     grid = FakeGrid([51, 52])
     msgs = sorted(strategy.configure_train(1, ArrayRecord(weights), ConfigRecord(), grid),
                   key=lambda m: m.metadata.dst_node_id)
@@ -261,7 +255,7 @@ def test_too_few_usable_replies_end_the_run_with_reasons(tmp_path: Path) -> None
     assert strategy.aggregate_train(1, replies) == (None, None)
     with pytest.raises(FedfleetError, match="round 1 got 1 usable replies, fewer than "
                        "--min-replies 2: node 52: TimeoutError: no reply in time"):
-        recorder.end_round(1, ArrayRecord(weights), None)
+        _end_round(strategy, 1, ArrayRecord(weights))
 
 
 def test_replies_with_different_metric_keys_still_aggregate(tmp_path: Path) -> None:
@@ -276,7 +270,7 @@ def test_replies_with_different_metric_keys_still_aggregate(tmp_path: Path) -> N
     arrays, metrics = strategy.aggregate_train(1, replies)
     assert arrays is not None and metrics is not None
     assert metrics["train_loss"] == pytest.approx(1.75)
-    assert recorder.current["clients"]["61"]["device"]["queue_s"] == 0.2
+    assert recorder.clients["61"]["device"]["queue_s"] == 0.2
 
 
 def test_the_strategy_sees_only_messages_the_intake_built(
@@ -308,8 +302,8 @@ def test_the_strategy_sees_only_messages_the_intake_built(
     for msg in seen:
         assert list(msg.content.array_records) == ["arrays"]
         assert dict(msg.content["metrics"]) == {"num-examples": 10.0}
-    clients = recorder.current["clients"]
+    clients = recorder.clients
     assert clients["71"]["node_id"] == "71" and "node_id" not in clients["71"]["device"]
     assert "dropped 1 extra ArrayRecord(s) ('extra')" in clients["71"]["dropped"]
-    assert [e["error"] for e in recorder.current["errors"]] == [
+    assert [e["error"] for e in recorder.row["errors"]] == [
         "rejected: the reply carries no weights (no ArrayRecord 'arrays')"]

@@ -1,0 +1,101 @@
+"""When a round may start, when clients evaluate, and when a round's outcome ends the run.
+
+- A round starts once ``--min-clients`` devices are connected, waiting at most
+  ``--client-wait-timeout`` (Flower's own sampling would wait forever).
+- Clients evaluate in a separate message only when needed: with ``client-eval =
+  with-train`` the next train message carries the evaluation, so only the last round
+  sends one; never after a round in which nobody could train.
+- A round that ends with fewer than ``--min-replies`` usable replies ends the run
+  with every client's reason; the global model of that round is not changed.
+
+How long a round collects replies (quorum, grace, deadline) is the grid's part:
+:class:`fedfleet.server.grid.PromptGrid`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+from flwr.serverapp import Grid
+
+from fedfleet.server.record import RoundRow
+from fedfleet.shared.errors import FedfleetError
+from fedfleet.shared.settings import RunSettings
+
+log = logging.getLogger("fedfleet")
+
+
+@dataclass(frozen=True)
+class RoundPolicy:
+    """The run settings that decide the above."""
+
+    num_rounds: int = 10
+    min_clients: int = 2
+    client_wait_timeout: float = 300.0
+    min_replies: int = 1
+    client_eval: str = "with-train"
+
+    @classmethod
+    def of(cls, settings: RunSettings) -> RoundPolicy:
+        """Return the policy of a run."""
+        return cls(settings.num_rounds, settings.min_clients,
+                   settings.client_wait_timeout, settings.min_replies,
+                   settings.client_eval)
+
+    def wait_for_clients(self, grid: Grid) -> int:
+        """Wait until ``min_clients`` clients are connected; return how many are.
+
+        Raises
+        ------
+        FedfleetError
+            If fewer are connected after ``client_wait_timeout`` seconds.
+        """
+        deadline = time.monotonic() + self.client_wait_timeout
+        last = -1
+        while True:
+            connected = len(list(grid.get_node_ids()))
+            if connected >= self.min_clients:
+                return connected
+            if time.monotonic() >= deadline:
+                raise FedfleetError(
+                    f"only {connected} of the {self.min_clients} clients needed were "
+                    f"connected after {self.client_wait_timeout:.0f}s; start more "
+                    "clients or lower --min-clients")
+            if connected != last:
+                log.info("Waiting for clients: %d connected, %d needed", connected,
+                         self.min_clients)
+                last = connected
+            time.sleep(1.0)
+
+    def can_aggregate(self, usable_replies: int) -> bool:
+        """Return whether a round with this many usable replies changes the model."""
+        return usable_replies >= max(1, self.min_replies)
+
+    def evaluate_on_clients(self, run_round: int, train_replies: int) -> bool:
+        """Return whether this round sends Flower's separate evaluate message."""
+        if not train_replies:
+            return False
+        return self.client_eval != "with-train" or run_round >= self.num_rounds
+
+    def check(self, row: RoundRow) -> None:
+        """End the run if the finished round had too few usable replies.
+
+        Raises
+        ------
+        FedfleetError
+            Naming every client's reason.
+        """
+        replies = row.get("train_replies", 0)
+        if replies >= self.min_replies:
+            return
+        reasons = "; ".join(f"node {e['node_id']}: {e['error']}"
+                            for e in row.get("errors", []))
+        if replies == 0:
+            raise FedfleetError(f"no client could train in round {row.get('round')}: "
+                                f"{reasons or 'no replies before the round timeout'}")
+        raise FedfleetError(
+            f"round {row.get('round')} got {replies} usable replies, fewer than "
+            f"--min-replies {self.min_replies}{': ' + reasons if reasons else ''}; "
+            "the global model was not changed")

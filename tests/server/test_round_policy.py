@@ -1,0 +1,74 @@
+"""The round policy: a bounded wait for clients, when clients evaluate, when a run ends."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import pytest
+from flwr.serverapp import Grid
+
+from fedfleet.server.record import RoundRow
+from fedfleet.server.round_policy import RoundPolicy
+from fedfleet.shared.errors import FedfleetError
+from fedfleet.shared.settings import RunSettings
+
+
+class Nodes(Grid):
+    """A grid that only knows which nodes are connected."""
+
+    def __init__(self, nodes: list[int]) -> None:
+        self.nodes = nodes
+
+    def get_node_ids(self) -> Iterable[int]:
+        return list(self.nodes)
+
+
+for _name in list(Grid.__abstractmethods__):
+    if _name != "get_node_ids":
+        setattr(Nodes, _name, lambda *a, **k: None)
+Nodes.__abstractmethods__ = frozenset()
+
+
+def test_waiting_for_clients_is_bounded() -> None:
+    """Too few clients is an error after the timeout, not an endless wait."""
+    assert RoundPolicy(min_clients=3, client_wait_timeout=1).wait_for_clients(
+        Nodes([1, 2, 3])) == 3
+    with pytest.raises(FedfleetError, match="only 1 of the 3 clients needed were "
+                       "connected after 0s; start more clients or lower --min-clients"):
+        RoundPolicy(min_clients=3, client_wait_timeout=0.5).wait_for_clients(Nodes([1]))
+
+
+def test_the_policy_comes_from_the_run_settings() -> None:
+    policy = RoundPolicy.of(RunSettings(num_rounds=7, min_clients=4, min_replies=2,
+                                        client_wait_timeout=9, client_eval="separate"))
+    assert policy == RoundPolicy(7, 4, 9.0, 2, "separate")
+
+
+@pytest.mark.parametrize(("mode", "run_round", "replies", "expected"), [
+    ("with-train", 3, 2, False),   # the next train message carries the evaluation
+    ("with-train", 5, 2, True),    # the last model gets its own evaluate message
+    ("separate", 3, 2, True),
+    ("separate", 3, 0, False),     # nobody trained: nothing new to evaluate
+])
+def test_when_clients_evaluate(mode: str, run_round: int, replies: int,
+                               expected: bool) -> None:
+    policy = RoundPolicy(num_rounds=5, client_eval=mode)
+    assert policy.evaluate_on_clients(run_round, replies) is expected
+
+
+def test_a_round_with_enough_replies_goes_on() -> None:
+    policy = RoundPolicy(min_replies=2)
+    assert policy.can_aggregate(2) and not policy.can_aggregate(1)
+    policy.check({"round": 4, "train_replies": 2, "errors": []})
+
+
+def test_a_round_without_usable_replies_ends_the_run_with_every_reason() -> None:
+    row: RoundRow = {"round": 4, "train_replies": 0, "errors": [
+        {"phase": "train", "node_id": "7", "kind": "deadline",
+         "error": "no reply by the deadline"},
+        {"phase": "train", "node_id": "8", "kind": "rejected", "error": "rejected: NaN"}]}
+    with pytest.raises(FedfleetError, match="no client could train in round 4: node 7: "
+                       "no reply by the deadline; node 8: rejected: NaN"):
+        RoundPolicy().check(row)
+    with pytest.raises(FedfleetError, match="no replies before the round timeout"):
+        RoundPolicy().check({"round": 1, "train_replies": 0, "errors": []})
