@@ -97,3 +97,19 @@ def test_a_run_flower_ended_before_its_record_did(tmp_path: Path) -> None:
 def test_a_run_that_never_wrote_a_record(tmp_path: Path) -> None:
     with pytest.raises(FedfleetError, match="ended as finished:stopped"):
         _follower(tmp_path, FakeControl("finished:stopped"), []).follow()
+
+
+def test_a_live_view_gets_the_record_and_the_round_in_flight(tmp_path: Path) -> None:
+    """With a view, rounds are not printed as lines; the view sees both files."""
+    _write(tmp_path, "completed", 3)
+    (tmp_path / "run-17" / "progress.json").write_text(json.dumps(
+        {"round": 3, "num_rounds": 3, "phase": "evaluate", "started_at": 1.0,
+         "devices": {"5": "replied"}}))
+    lines: list[str] = []
+    seen: list[tuple[Any, Any]] = []
+    follower = _follower(tmp_path, FakeControl(), lines)
+    follower.show = lambda record, progress: seen.append((record, progress))
+    follower.follow()
+    assert lines == []
+    (record, progress), = seen
+    assert record["status"] == "completed" and progress["devices"] == {"5": "replied"}

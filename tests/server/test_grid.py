@@ -6,6 +6,7 @@ The grid runs on a fake clock (sleeping advances it), so the timing is exact.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
+from pathlib import Path
 
 import pytest
 from flwr.app import Error, Message, RecordDict
@@ -14,6 +15,7 @@ from flwr.supercore.task_identity import TaskIdentity
 from fedfleet.server import grid as grid_module
 from fedfleet.server.grid import PromptGrid
 from fedfleet.server.intake import DEADLINE_CODE
+from fedfleet.server.progress import ProgressFile, read_progress
 
 SILENT = None
 ERROR = -1.0
@@ -144,3 +146,17 @@ def test_a_superlink_error_reply_names_the_device(clock: Clock) -> None:
     replies, _ = _send(clock, {7: 1.0, 8: ERROR}, from_superlink=True)
     assert set(replies) == {7, 8}
     assert replies[8].error.reason == "node unavailable"
+
+
+def test_live_progress_hears_of_every_device(clock: Clock, tmp_path: Path) -> None:
+    """The progress file says who was asked, who answered, who failed, who was silent."""
+    progress = ProgressFile(tmp_path, num_rounds=3)
+    progress.round(2)
+    inner = ScriptedGrid(clock, {1: 2.0, 2: ERROR, 3: SILENT})
+    grid = PromptGrid(inner, quorum=0.5, grace=1.0, progress=progress)  # type: ignore[arg-type]
+    messages = [Message(RecordDict(), dst_node_id=node, message_type="train")
+                for node in (1, 2, 3)]
+    list(grid.send_and_receive(messages, timeout=300))
+    state = read_progress(tmp_path)
+    assert state is not None and (state["round"], state["phase"]) == (2, "train")
+    assert state["devices"] == {"1": "replied", "2": "failed", "3": "no reply"}

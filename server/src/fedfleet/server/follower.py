@@ -1,4 +1,8 @@
-"""Follow a submitted run to its end: print each finished round, then a summary."""
+"""Follow a submitted run to its end: each finished round as a line, or a live view.
+
+The record (``metrics.json``) is the source; Flower's run status (``flwr ls``) is
+asked now and then to notice a run that ended without finishing its record.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from fedfleet.server.control import Control
+from fedfleet.server.progress import RoundProgress, read_progress
 from fedfleet.server.record import RunRecord, read_record, round_line
 from fedfleet.shared.errors import FedfleetError
 
@@ -21,10 +26,12 @@ class RunFollower:
     output_dir: Path
     on_line: Callable[[str], None] = print
     status_every: float = 30.0  # a `flwr ls` costs ~1 s of CPU; the metrics file is primary
+    show: Callable[[RunRecord | None, RoundProgress | None], None] | None = None
+    """A live view (:class:`fedfleet.server.live.LiveView`); then no lines are printed."""
     seen: int = field(default=0, init=False)
 
     def follow(self, alive: Callable[[], bool] = lambda: True) -> RunRecord:
-        """Print each finished round; return the final record.
+        """Print each finished round (or redraw the live view); return the final record.
 
         Raises
         ------
@@ -35,10 +42,13 @@ class RunFollower:
         last_status = time.monotonic()
         while True:
             record = read_record(run_dir)
-            if record is not None:
+            if self.show is not None:
+                self.show(record, read_progress(run_dir))
+            elif record is not None:
                 num_rounds = record["run"].get("num_rounds")
                 for row in record["rounds"][self.seen:]:
                     self.on_line(round_line(row, num_rounds))
+            if record is not None:
                 self.seen = len(record["rounds"])
                 if record.get("status") == "completed":
                     return record

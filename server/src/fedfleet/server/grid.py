@@ -31,6 +31,7 @@ from flwr.app import Error, Message
 from flwr.serverapp import Grid
 
 from fedfleet.server.intake import DEADLINE_CODE, DEADLINE_REASON
+from fedfleet.server.progress import ProgressFile
 
 DEFAULT_POLL = 0.2
 MIN_GRACE = 10.0
@@ -43,13 +44,18 @@ class PromptGrid(Grid):
     """Delegates to ``grid``; ``send_and_receive`` polls and closes rounds early."""
 
     def __init__(self, grid: Grid, poll: float = DEFAULT_POLL, quorum: float = 1.0,
-                 grace: float = 1.0, min_grace: float = MIN_GRACE) -> None:
-        """Wrap ``grid``; ``quorum`` 1.0 waits for every device (up to the timeout)."""
+                 grace: float = 1.0, min_grace: float = MIN_GRACE,
+                 progress: ProgressFile | None = None) -> None:
+        """Wrap ``grid``; ``quorum`` 1.0 waits for every device (up to the timeout).
+
+        ``progress`` hears of instructions sent and replies received, for live views.
+        """
         self._grid = grid
         self._poll = poll
         self._quorum = quorum
         self._grace = grace
         self._min_grace = min_grace
+        self._progress = progress
 
     def set_run(self, run: Any) -> None:
         """Pass through."""
@@ -88,6 +94,9 @@ class PromptGrid(Grid):
         ids = list(self.push_messages(messages))
         sent = {mid: msg for mid, msg in zip(ids, messages, strict=False) if mid}
         pending = set(sent)
+        if self._progress is not None and sent:
+            self._progress.asked(messages[0].metadata.message_type,
+                                 [_node(msg) for msg in sent.values()])
         deadline = math.inf if timeout is None else start + timeout
         needed = max(1, math.ceil(self._quorum * len(sent)))
         usable = 0
@@ -99,6 +108,8 @@ class PromptGrid(Grid):
                     continue
                 pending.discard(mid)
                 replies.append(_in_name_of(reply, sent[mid]))
+                if self._progress is not None:
+                    self._progress.answered(_node(sent[mid]), not reply.has_error())
                 if not reply.has_error():
                     usable += 1
                     if usable == needed and pending:
@@ -108,11 +119,17 @@ class PromptGrid(Grid):
             if pending:
                 time.sleep(self._poll)
         waited = time.monotonic() - start
+        if self._progress is not None:
+            self._progress.silent(_node(sent[mid]) for mid in pending)
         for mid in sorted(pending):
             replies.append(Message(Error(DEADLINE_CODE, f"{DEADLINE_REASON} (the round "
                                          f"closed after {waited:.1f}s with {usable} of "
                                          f"{len(sent)} replies)"), reply_to=sent[mid]))
         return replies
+
+
+def _node(instruction: Message) -> str:
+    return str(instruction.metadata.dst_node_id)
 
 
 def _in_name_of(reply: Message, instruction: Message) -> Message:

@@ -17,6 +17,7 @@ from pathlib import Path
 from fedfleet.server.authorized_keys import register_authorized_keys
 from fedfleet.server.control import Control
 from fedfleet.server.follower import RunFollower
+from fedfleet.server.live import LiveView
 from fedfleet.server.record import summary
 from fedfleet.server.resume import continuation, find_interrupted
 from fedfleet.server.superlink import ServerOptions, start_superlink
@@ -38,6 +39,8 @@ class ServePlan:
     start_run: bool = True
     resume: bool = True
     exit_when_done: bool = False
+    live: bool = False
+    """Show the run live (a terminal) instead of a line per round."""
 
 
 def serve(plan: ServePlan, echo: Echo) -> None:
@@ -71,7 +74,7 @@ def serve(plan: ServePlan, echo: Echo) -> None:
                 settings = continuation(interrupted)
             submit_and_follow(plan.options.control(), settings, state_dir,
                               plan.output_dir, echo,
-                              alive=lambda: superlink.poll() is None)
+                              alive=lambda: superlink.poll() is None, live=plan.live)
         if plan.exit_when_done:
             return
         echo("Server ready; stop it with Ctrl-C.")
@@ -87,10 +90,17 @@ def serve(plan: ServePlan, echo: Echo) -> None:
 
 def submit_and_follow(control: Control, settings: RunSettings, state_dir: Path,
                       output_dir: Path, echo: Echo,
-                      alive: Callable[[], bool] = lambda: True) -> None:
-    """Submit a run, print each round as it finishes, then the summary."""
+                      alive: Callable[[], bool] = lambda: True,
+                      live: bool = False) -> None:
+    """Submit a run and follow it: a line per round (or, ``live``, a redrawn view).
+
+    Ends with the summary line.
+    """
     run_id = control.submit(settings, state_dir / "bundle")
     echo(f"Run {run_id} started: {settings.num_rounds} rounds of "
          f"{settings.strategy}, waiting for {settings.min_clients} clients")
-    record = RunFollower(control, run_id, output_dir, on_line=echo).follow(alive)
+    follower = RunFollower(control, run_id, output_dir, on_line=echo)
+    if live:
+        follower.show = LiveView(sys.stdout, run_id).show
+    record = follower.follow(alive)
     echo(summary(record, output_dir / f"run-{run_id}"))

@@ -20,6 +20,7 @@ from fedfleet.server.central import CentralEvaluator
 from fedfleet.server.codec import WeightCodec
 from fedfleet.server.grid import PromptGrid
 from fedfleet.server.intake import Intake, IntakeLimits
+from fedfleet.server.progress import ProgressFile
 from fedfleet.server.record import RunInfo
 from fedfleet.server.recorder import RunRecorder
 from fedfleet.server.resume import continue_run, resume_point
@@ -56,6 +57,7 @@ def main(grid: Grid, context: Context) -> None:
                      "num_params": int(sum(w.size for w in weights)),
                      "model_bytes": int(sum(w.nbytes for w in weights))}
     recorder = RunRecorder(files, info)
+    progress = ProgressFile(files.directory if files else None, settings.num_rounds)
     try:
         strategy = FedfleetStrategy(
             make_strategy(settings),
@@ -63,7 +65,8 @@ def main(grid: Grid, context: Context) -> None:
                 settings.max_examples, settings.max_examples_ratio,
                 settings.max_update_norm_ratio)),
             codec=WeightCodec(specs, settings.compression),
-            recorder=recorder, policy=RoundPolicy.of(settings), model=model)
+            recorder=recorder, policy=RoundPolicy.of(settings), model=model,
+            progress=progress)
         if settings.resume_from:
             point = resume_point(Path(settings.resume_from))
             if point is None:
@@ -72,7 +75,7 @@ def main(grid: Grid, context: Context) -> None:
             continue_run(point, context.run_id, model, strategy, recorder)
         result = strategy.start(
             grid=PromptGrid(grid, quorum=settings.round_quorum,
-                            grace=settings.round_grace),
+                            grace=settings.round_grace, progress=progress),
             initial_arrays=ArrayRecord(model.get_weights()),
             num_rounds=settings.num_rounds - strategy.offset,
             timeout=settings.round_timeout,

@@ -34,6 +34,7 @@ from flwr.serverapp.strategy import Strategy
 
 from fedfleet.server.codec import WeightCodec
 from fedfleet.server.intake import Intake
+from fedfleet.server.progress import ProgressFile
 from fedfleet.server.record import CentralScores
 from fedfleet.server.recorder import RunRecorder
 from fedfleet.server.resume import save_strategy_state
@@ -47,9 +48,14 @@ class FedfleetStrategy(Strategy):
     """Wraps ``inner`` with fedfleet's intake, record, checkpoints and round policy."""
 
     def __init__(self, inner: Strategy, *, intake: Intake, codec: WeightCodec,
-                 recorder: RunRecorder, policy: RoundPolicy, model: Any) -> None:
-        """Wrap ``inner``; ``model`` (Keras) is used to write checkpoints."""
+                 recorder: RunRecorder, policy: RoundPolicy, model: Any,
+                 progress: ProgressFile | None = None) -> None:
+        """Wrap ``inner``; ``model`` (Keras) is used to write checkpoints.
+
+        ``progress`` (shared with the grid) learns which replies the intake refused.
+        """
         self.inner = inner
+        self.progress = progress or ProgressFile(None, policy.num_rounds)
         self.intake = intake
         self.codec = codec
         self.recorder = recorder
@@ -68,6 +74,7 @@ class FedfleetStrategy(Strategy):
         """Start the round once enough clients are connected."""
         run_round = self.offset + server_round
         self.recorder.begin_round(run_round)
+        self.progress.round(run_round)
         self._base = list(arrays.to_numpy_ndarrays())
         self.policy.wait_for_clients(grid)
         return self._outgoing(self.inner.configure_train(run_round, arrays, config, grid),
@@ -78,6 +85,7 @@ class FedfleetStrategy(Strategy):
         """Aggregate the messages the intake rebuilt from the train replies."""
         result = self.intake.train(replies, self._base)
         self.recorder.train_replies(result)
+        self.progress.rejected(r.node_id for r in result.rejected if r.kind == "rejected")
         if not self.policy.can_aggregate(len(result.accepted)):
             return None, None  # the round ends the run with its reasons (round_end)
         arrays, _ = self.inner.aggregate_train(self.offset + server_round,
@@ -100,6 +108,7 @@ class FedfleetStrategy(Strategy):
         """Aggregate the evaluation replies the intake accepted."""
         result = self.intake.evaluate(replies)
         self.recorder.evaluate_replies(result)
+        self.progress.rejected(r.node_id for r in result.rejected if r.kind == "rejected")
         if not result.accepted:
             return None
         self.inner.aggregate_evaluate(self.offset + server_round, result.accepted)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +40,8 @@ def run(server: str, insecure: bool, root_certificates: Path | None, state_dir: 
     control = control_from(server, insecure, root_certificates, state_dir)
     settings = settings_from(run_settings, output_dir)
     if follow:
-        submit_and_follow(control, settings, state_dir, output_dir, click.echo)
+        submit_and_follow(control, settings, state_dir, output_dir, click.echo,
+                          live=sys.stdout.isatty())
     else:
         click.echo(control.submit(settings, state_dir / "bundle"))
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -109,5 +110,6 @@ def server(host: str, port: int, state_dir: Path, output_dir: Path, tls_dir: Pat
     opts = ServerOptions(host=host, port=port, state_dir=state_dir, insecure=insecure,
                          ssl_files=ssl, node_auth=node_auth)
     serve(ServePlan(opts, settings, output_dir, authorized_keys=authorized_keys,
-                    start_run=not no_run, resume=resume, exit_when_done=exit_when_done),
+                    start_run=not no_run, resume=resume, exit_when_done=exit_when_done,
+                    live=sys.stdout.isatty()),
           echo=click.echo)

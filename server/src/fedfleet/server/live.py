@@ -1,0 +1,132 @@
+"""A run shown live on a terminal: the round in flight, its devices, the finished rounds.
+
+:func:`frame` turns a run's record and the round in flight into lines;
+:class:`LiveView` redraws them in place (ANSI cursor movement). Used by
+``fedfleet server`` and ``fedfleet run`` when their output is a terminal; otherwise
+they print one plain line per finished round, as before.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from typing import TextIO
+
+from fedfleet.server.progress import RoundProgress
+from fedfleet.server.record import RoundRow, RunRecord
+
+TABLE_ROUNDS = 12
+"""Finished rounds shown in the table (the newest)."""
+DEVICES_SHOWN = 16
+"""Devices listed one per line; beyond that, counted by state."""
+
+
+def _duration(seconds: float) -> str:
+    seconds = max(0, int(round(seconds)))
+    if seconds < 60:
+        return f"{seconds}s"
+    minutes, seconds = divmod(seconds, 60)
+    if minutes < 60:
+        return f"{minutes}m{seconds:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m"
+
+
+def _pct(value: float | None) -> str:
+    return f"{value:.2%}" if value is not None else "-"
+
+
+def _num(value: float | None) -> str:
+    return f"{value:.4f}" if value is not None else "-"
+
+
+def _replies(row: RoundRow) -> str:
+    text = str(row.get("train_replies", 0))
+    rejected, silent = row.get("rejected_replies") or 0, row.get("no_reply") or 0
+    failed = (row.get("train_failures") or 0) - rejected - silent
+    extra = [f"{n} {what}" for n, what in ((rejected, "rej"), (silent, "silent"),
+                                           (failed, "failed")) if n > 0]
+    return text + (f" ({', '.join(extra)})" if extra else "")
+
+
+def estimate_left(record: RunRecord, progress: RoundProgress | None,
+                  now: float) -> float | None:
+    """Return the seconds the run still needs: median round time x rounds to go."""
+    rounds = record.get("rounds") or []
+    total = record["run"].get("num_rounds") or 0
+    walls = [r["wall_s"] for r in rounds if r.get("wall_s")]
+    if not walls or not total:
+        return None
+    left = statistics.median(walls) * (total - len(rounds))
+    if progress is not None and progress.get("round") == len(rounds) + 1:
+        left -= min(now - progress["started_at"], statistics.median(walls))
+    return max(0.0, left)
+
+
+def frame(record: RunRecord | None, progress: RoundProgress | None, run_id: int,
+          now: float | None = None) -> list[str]:
+    """Return the lines that show the run now."""
+    now = time.time() if now is None else now
+    if record is None:
+        return [f"run {run_id}: starting (waiting for its first record)"]
+    info = record["run"]
+    rounds = record.get("rounds") or []
+    total = info.get("num_rounds") or 0
+    status = record.get("status", "running")
+    head = [f"run {run_id}"]
+    in_flight = progress is not None and status == "running" and \
+        progress.get("round", 0) > len(rounds)
+    if in_flight and progress is not None:
+        head.append(f"round {progress['round']}/{total} ({progress['phase']}, "
+                    f"{_duration(now - progress['started_at'])} in)")
+    else:
+        head.append(f"{len(rounds)}/{total} rounds {status}")
+    if info.get("started_at"):
+        head.append(f"elapsed {_duration(now - info['started_at'])}")
+    left = estimate_left(record, progress, now) if status == "running" else None
+    if left is not None:
+        head.append(f"about {_duration(left)} left")
+    lines = [" · ".join(head)]
+    if in_flight and progress is not None:
+        lines += _devices(progress, now)
+    lines.append(f"{'round':>5}  {'time':>7}  {'replies':<16} {'train loss':>10}  "
+                 f"{'client acc':>10}  {'test acc':>8}")
+    if len(rounds) > TABLE_ROUNDS:
+        lines.append(f"  ... {len(rounds) - TABLE_ROUNDS} earlier rounds in metrics.json")
+    for row in rounds[-TABLE_ROUNDS:]:
+        lines.append(f"{row.get('round', 0):>5}  {row.get('wall_s', 0):>6.1f}s  "
+                     f"{_replies(row):<16} {_num(row.get('train_loss')):>10}  "
+                     f"{_pct(row.get('eval_accuracy')):>10}  "
+                     f"{_pct(row.get('central_accuracy')):>8}")
+    return lines
+
+
+def _devices(progress: RoundProgress, now: float) -> list[str]:
+    devices = sorted(progress["devices"].items())
+    working = _duration(now - progress["started_at"])
+    if len(devices) <= DEVICES_SHOWN:
+        return [f"  node {node:<22} {state}{' ' + working if state == 'working' else ''}"
+                for node, state in devices]
+    counts: dict[str, int] = {}
+    for _, state in devices:
+        counts[state] = counts.get(state, 0) + 1
+    return ["  " + ", ".join(f"{n} {state}" for state, n in sorted(counts.items()))
+            + f" (of {len(devices)} devices asked)"]
+
+
+class LiveView:
+    """Redraws :func:`frame` in place on ``stream`` (a terminal)."""
+
+    def __init__(self, stream: TextIO, run_id: int) -> None:
+        """Draw on ``stream``."""
+        self.stream = stream
+        self.run_id = run_id
+        self._drawn = 0
+
+    def show(self, record: RunRecord | None, progress: RoundProgress | None) -> None:
+        """Replace the last frame with the current one."""
+        lines = frame(record, progress, self.run_id)
+        erase = f"\x1b[{self._drawn}F\x1b[J" if self._drawn else ""
+        self.stream.write(erase + "\n".join(lines) + "\n")
+        self.stream.flush()
+        self._drawn = len(lines)
