@@ -16,6 +16,8 @@ The engine never sees how a client reaches its daemon. Three direct channels:
 from __future__ import annotations
 
 import collections
+import io
+import os
 import socket
 import subprocess
 import threading
@@ -186,7 +188,7 @@ class _SshSocket(socket.socket):
     def connect(self) -> None:  # type: ignore[override]
         self.proc = subprocess.Popen(self.command, stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                     start_new_session=True)
+                                     bufsize=0, start_new_session=True)
         threading.Thread(target=self._drain_stderr, daemon=True).start()
 
     def _drain_stderr(self) -> None:
@@ -210,14 +212,15 @@ class _SshSocket(socket.socket):
 
     def recv(self, size: int, flags: int = 0) -> bytes:
         assert self.proc is not None and self.proc.stdout is not None
-        return bytes(self.proc.stdout.read1(size))  # type: ignore[attr-defined]
+        return os.read(self.proc.stdout.fileno(), size)
 
     def makefile(self, *args: Any, **kwargs: Any) -> Any:
+        """Return a reader for one HTTP response; closing it keeps the connection."""
         if self.proc is None:
             self.connect()
-        assert self.proc is not None and self.proc.stdout is not None
-        self.proc.stdout.channel = self  # type: ignore[attr-defined]  # docker reads it
-        return self.proc.stdout
+        reader = io.BufferedReader(_PipeReader(self))
+        reader.channel = self  # type: ignore[attr-defined]  # docker's raw-stream lookup
+        return reader
 
     def last_error(self) -> str:
         return self.errors[-1] if self.errors else "no output"
@@ -236,6 +239,22 @@ class _SshSocket(socket.socket):
             self.proc.wait(timeout=5)
         except subprocess.TimeoutExpired:
             self.proc.kill()
+
+
+class _PipeReader(io.RawIOBase):
+    """The ssh process's output as a raw stream, like ``socket.SocketIO``."""
+
+    def __init__(self, sock: _SshSocket) -> None:
+        super().__init__()
+        self.sock = sock
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        data = self.sock.recv(len(buffer))
+        buffer[:len(data)] = data
+        return len(data)
 
 
 class _SshConnection(urllib3.connection.HTTPConnection):

@@ -308,6 +308,8 @@ class DeviceEngine:
                 last = [line for line in output.splitlines() if line.strip()][-1:]
                 raise DeviceError(f"making the node key on the device failed: "
                                   f"{last[0] if last else 'exit ' + str(status)}")
+            created = "key=created" in output
+            self.say("node key created on the device" if created else "node key kept")
             public = _read(helper, "/keys/node-key.pub").decode().strip()
             stored = _read(helper, "/keys/node-id", missing_ok=True).decode().strip()
             node_id = self._registered(public, int(stored) if stored.isdigit() else None)
@@ -317,8 +319,6 @@ class DeviceEngine:
             helper.remove(force=True)
         found = dict(line.split("=", 1) for line in output.splitlines() if "=" in line)
         version = re.search(r"version (\S+)", output)
-        created = found.get("key") == "created"
-        self.say(f"node key {'created on the device' if created else 'kept'}; node {node_id}")
         return Setup(public_key=public, node_id=node_id, key_created=created,
                      data_kind=found.get("data", "builtin"),
                      version=version.group(1) if version else "unknown")
@@ -486,7 +486,7 @@ class DeviceEngine:
             current.stop(timeout=int(self.spec.drain_timeout) + 10)
         new = None
         try:
-            new = self.client.containers.create(**config)
+            new = self._create(config)
             new.start()
             self.say("started; waiting until healthy and online")
             self.wait_ready(new, node_id, before)
@@ -503,6 +503,17 @@ class DeviceEngine:
                               f"({current.image.id[7:19]})") from None
         if current is not None:
             current.remove(force=True)
+
+    HOST_CONFIG = ("mounts", "restart_policy", "network_mode", "init", "nano_cpus",
+                   "mem_limit", "log_config")
+
+    def _create(self, config: dict[str, Any]) -> Any:
+        """Create the container (low-level API: the high-level one drops stop_timeout)."""
+        host = self.client.api.create_host_config(
+            **{k: v for k, v in config.items() if k in self.HOST_CONFIG})
+        params = {k: v for k, v in config.items() if k not in self.HOST_CONFIG}
+        created = self.client.api.create_container(host_config=host, **params)
+        return self.client.containers.get(created["Id"])
 
     def _keep_previous_image(self, current: Any) -> None:
         repo, _ = split_ref(self.spec.image)
