@@ -1,4 +1,4 @@
-"""fleet.toml: the documented example parses; every bad entry is one line naming file, device, field."""
+"""fleet.toml: the example parses; each bad entry is one line naming file, device, field."""
 
 from __future__ import annotations
 

@@ -52,7 +52,7 @@ def test_a_closed_tls_port_is_refused_in_one_line(tmp_path: Path) -> None:
 
 
 def test_an_ssh_endpoint_that_does_not_answer_says_what_ssh_said() -> None:
-    """ssh's own reason comes through (here: nothing listens on the port)."""
+    """The reason ssh gives comes through (here: nothing listens on the port)."""
     port = _free_port()
     with pytest.raises(ChannelError) as caught:
         connect(Endpoint(f"ssh://nobody@127.0.0.1:{port}", ssh=SshOptions()), timeout=10)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import collections
 import io
 import os
+import re
 import socket
 import subprocess
 import threading
@@ -160,6 +161,7 @@ def explain(endpoint: Endpoint, err: BaseException, client: docker.DockerClient 
 
 
 def _tls_reason(text: str) -> str:
+    text = re.sub(r" \(_ssl\.c:\d+\)", "", text)
     for marker in ("certificate verify failed", "unknown ca", "bad certificate",
                    "certificate required", "handshake failure", "wrong version number",
                    "key values mismatch", "PEM lib"):

@@ -83,7 +83,8 @@ def _finish(outcomes: Sequence[Outcome], verb: str) -> None:
     click.echo(f"{len(outcomes) - len(failed)} of {len(outcomes)} devices {verb} "
                f"({changed} changed)")
     if failed:
-        raise click.ClickException("; ".join(f"{o.device}: {o.summary}" for o in failed))
+        raise click.ClickException(f"{len(failed)} of {len(outcomes)} devices failed: "
+                                   f"{', '.join(o.device for o in failed)} (reasons above)")
 
 
 @click.group("fleet")

@@ -554,7 +554,7 @@ class DeviceEngine:
                 return
             if state.get("state") != "busy":
                 return
-            where = f"round {state.get('round')} of run {state.get('run_id')}"
+            where = _message(state)
             if time.monotonic() > deadline:
                 raise DeviceError(f"still answering {where} after {timeout:.0f}s; not "
                                   "switched (try again between rounds)")
@@ -639,7 +639,7 @@ class DeviceEngine:
             if activity is not None:
                 row["activity"] = activity.get("state")
                 if activity.get("state") == "busy":
-                    row["activity"] = f"busy (round {activity.get('round')})"
+                    row["activity"] = f"busy ({_message(activity, short=True)})"
         node = labels.get(NODE_LABEL, "")
         if node.isdigit():
             row["node_id"] = node
@@ -714,6 +714,16 @@ class DeviceEngine:
         finally:
             helper.remove(force=True)
         return int(text) if text.isdigit() else None
+
+
+def _message(activity: dict[str, Any], short: bool = False) -> str:
+    """Describe the message a busy device is answering, from its activity.json."""
+    kind = activity.get("message_type") or "a"
+    where = f"round {activity['round']}" if activity.get("round") else ""
+    if short:
+        return " ".join(filter(None, [kind, where])) or "message"
+    return " ".join(filter(None, [f"its {kind} message", where and f"of {where}",
+                                  f"in run {activity.get('run_id')}"]))
 
 
 def _tar(files: dict[str, bytes]) -> bytes:

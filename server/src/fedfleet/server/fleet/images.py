@@ -15,6 +15,7 @@ from typing import Any
 
 import docker
 import docker.errors
+import requests
 
 from fedfleet.shared.errors import FedfleetError
 
@@ -96,6 +97,10 @@ class LocalImages:
             self._client.close()
 
 
+def _mb(value: float) -> str:
+    return f"{value / 1e6:,.0f} MB"
+
+
 class Meter:
     """Counts bytes passing through and reports at most every ``every`` seconds."""
 
@@ -136,6 +141,10 @@ def transfer(local: LocalImages, image: LocalImage, remote: docker.DockerClient,
         _follow(events, "loading", image.ref)
     except docker.errors.APIError as err:
         raise ImageError(load_failure(image.ref, str(err.explanation or err))) from None
+    except requests.exceptions.RequestException as err:
+        raise ImageError(f"the device stopped receiving {image.ref} after "
+                         f"{_mb(meter.sent)} ({type(err).__name__}); a full disk is the usual "
+                         "cause: check 'docker system df' there") from None
     finally:
         remote.api.timeout = saved
     loaded = remote.api.inspect_image(image.ref)["Id"]
