@@ -130,6 +130,8 @@ def explain(endpoint: Endpoint, err: BaseException, client: docker.DockerClient 
     """Say in one line why ``endpoint`` did not answer, and what to check."""
     where = endpoint.url
     adapter = getattr(client.api, "_custom_adapter", None) if client is not None else None
+    if isinstance(adapter, SshAdapter):
+        adapter.settle()  # let ssh finish saying why before reading it
     if isinstance(adapter, SshAdapter) and adapter.errors:
         last = adapter.errors[-1]
         hint = ""
@@ -186,12 +188,14 @@ class _SshSocket(socket.socket):
         self.errors = errors
         self.on_error = on_error
         self.proc: subprocess.Popen[bytes] | None = None
+        self.drain: threading.Thread | None = None
 
     def connect(self) -> None:  # type: ignore[override]
         self.proc = subprocess.Popen(self.command, stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                      bufsize=0, start_new_session=True)
-        threading.Thread(target=self._drain_stderr, daemon=True).start()
+        self.drain = threading.Thread(target=self._drain_stderr, daemon=True)
+        self.drain.start()
 
     def _drain_stderr(self) -> None:
         assert self.proc is not None and self.proc.stderr is not None
@@ -267,6 +271,7 @@ class _SshConnection(urllib3.connection.HTTPConnection):
     def connect(self) -> None:
         sock = _SshSocket(self.adapter.command, self.adapter.errors, self.adapter.errors.append)
         sock.connect()
+        self.adapter.sockets.append(sock)
         self.sock = sock
 
 
@@ -305,7 +310,20 @@ class SshAdapter(BaseHTTPAdapter):  # type: ignore[misc]
         super().__init__()
         self.command = command
         self.errors: collections.deque[str] = collections.deque(maxlen=20)
+        self.sockets: list[_SshSocket] = []
         self._pool = _SshPool(self, timeout, maxsize)
+
+    def settle(self, timeout: float = 3.0) -> None:
+        """Wait (briefly) for ssh processes that are exiting, and for their messages."""
+        for sock in list(self.sockets):
+            if sock.proc is None:
+                continue
+            try:
+                sock.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                continue  # still connected: not the one that failed
+            if sock.drain is not None:
+                sock.drain.join(timeout=1.0)
 
     def get_connection(self, url: str, proxies: Any = None) -> _SshPool:
         """Return the one pool of ssh connections."""
