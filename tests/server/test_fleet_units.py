@@ -153,3 +153,61 @@ def test_the_client_container_is_read_only_limited_and_labelled(tmp_path: Path) 
     assert labels["org.fedfleet.device"] == "edge-1" and labels["org.fedfleet.node-id"] == "42"
     assert labels["org.fedfleet.inventory-hash"] == "hash1"
     assert labels["org.fedfleet.version"] == "0.1.0" and labels["org.fedfleet.label.site"] == "lab"
+
+
+class _ExecResult:
+    def __init__(self, code: int, out: bytes, err: bytes = b"") -> None:
+        self.exit_code, self.output = code, (out, err)
+
+
+class _ServerContainer:
+    """Stands in for a compose server container: records what fedfleet ran in it."""
+
+    status = "running"
+
+    def __init__(self) -> None:
+        self.files: dict[str, bytes] = {}
+        self.commands: list[list[str]] = []
+
+    def put_archive(self, path: str, data: bytes) -> bool:
+        import tarfile
+
+        with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+            for member in tar:
+                handle = tar.extractfile(member)
+                assert handle is not None and member.uid == 49999
+                self.files[f"{path}/{member.name}"] = handle.read()
+        return True
+
+    def exec_run(self, cmd: list[str], demux: bool = False) -> _ExecResult:
+        self.commands.append(cmd)
+        if cmd[2] == "register":
+            return _ExecResult(0, b"registered node 77\n")
+        if cmd[2] == "list":
+            return _ExecResult(0, json.dumps([{"node-id": "77", "status": "online"}]).encode())
+        return _ExecResult(1, b"", b"Error: no such node 5\n")
+
+
+def test_the_control_api_in_a_server_container_is_reached_with_docker_exec() -> None:
+    """Compose: the key is copied in, 'fedfleet nodes' runs there, errors come back."""
+    from fedfleet.server.fleet.registry import ContainerRegistry, RegistryError
+
+    container = _ServerContainer()
+
+    class Containers:
+        def get(self, name: str) -> _ServerContainer:
+            assert name == "fedfleet-server-1"
+            return container
+
+    class Client:
+        containers = Containers()
+
+    registry = ContainerRegistry(Client(), "fedfleet-server-1")
+    assert registry.register("ecdsa-sha2-nistp384 AAAA", "edge-1") == 77
+    assert container.files["/tmp/fleet-edge-1.pub"] == b"ecdsa-sha2-nistp384 AAAA\n"
+    assert container.commands[0] == ["fedfleet", "nodes", "register", "/tmp/fleet-edge-1.pub",
+                                     "--name", "edge-1"]
+    assert registry.nodes() == {77: {"node-id": "77", "status": "online"}}
+    with pytest.raises(RegistryError, match="in the server container fedfleet-server-1: "
+                                            "Error: no such node 5"):
+        registry.revoke(5)
