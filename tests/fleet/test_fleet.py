@@ -244,6 +244,16 @@ def test_the_same_device_over_ssh_is_the_same_state(site: Site) -> None:
     assert doctor.stdout.count("PASS") >= 4 and "FAIL" not in doctor.stdout
     logs = site.fleet("logs", "edge-tls", "--tail", "200", inventory="ssh.toml")
     assert logs.returncode == 0 and "SuperNode ID" in logs.stdout + logs.stderr
+    # Remove and deploy again, all over ssh: a new key, a new node, online again.
+    old_node = rows["edge-tls"]["node_id"]
+    removed = site.fleet("remove", "edge-tls", "--yes", inventory="ssh.toml")
+    assert removed.returncode == 0 and f"node {old_node} revoked" in removed.stdout
+    deployed = site.fleet("deploy", "edge-tls", inventory="ssh.toml")
+    assert deployed.returncode == 0, deployed.stdout + deployed.stderr
+    assert "node key created on the device" in deployed.stdout
+    assert "OK  deployed: fedfleet-client:0.1.0" in deployed.stdout
+    nodes = site.nodes()
+    assert nodes[old_node] == "unregistered" and list(nodes.values()).count("online") == 2
 
 
 def _fake_arm64_image() -> None:
