@@ -29,6 +29,17 @@ setup_python() {
     say "installing faketime (for the clock-skew test)"
     apt_install faketime
   fi
+  # sshd, ssh client, ip, nsenter: the fleet test reaches a second Docker daemon (the
+  # "remote device", in its own network namespace) over ssh:// as well as tcp+TLS.
+  local missing=()
+  command -v /usr/sbin/sshd >/dev/null || missing+=(openssh-server)
+  command -v ssh >/dev/null || missing+=(openssh-client)
+  command -v ip >/dev/null || missing+=(iproute2)
+  command -v nsenter >/dev/null || missing+=(util-linux)
+  if [ ${#missing[@]} -gt 0 ] && command -v apt-get >/dev/null; then
+    say "installing ${missing[*]} (for the fleet test's remote device)"
+    apt_install "${missing[@]}"
+  fi
   if [ ! -x .venv/bin/python ]; then
     say "creating .venv"
     python3 -m venv .venv

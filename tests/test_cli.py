@@ -14,7 +14,8 @@ from ports import free_port
 from fedfleet.shared.cli import cli
 
 ROOT = Path(__file__).parents[1]
-COMMANDS = ["certs", "data", "doctor", "join", "node-key", "nodes", "run", "runs", "secrets",
+COMMANDS = ["certs", "data", "doctor", "fleet", "join", "node-key", "nodes", "run", "runs",
+            "secrets",
             "server", "status"]
 
 
@@ -52,6 +53,15 @@ def test_every_option_reads_the_documented_environment_variable(
             flag = max(param.opts, key=len).lstrip("-").replace("-", "_")
             assert param.name == flag, f"{path}: {param.opts} reads " \
                 f"FEDFLEET_{path.upper()}_{str(param.name).upper()}"
+
+
+@pytest.mark.parametrize(("path", "command"), [c for c in _commands() if "_" in c[0]])
+def test_every_subcommand_has_help_with_an_example(path: str, command: click.Command) -> None:
+    """'fedfleet nodes register --help', 'fedfleet fleet deploy --help', ... show an example."""
+    group, sub = path.split("_", 1)
+    result = CliRunner().invoke(cli, [group, sub, "--help"])
+    assert result.exit_code == 0, result.output
+    assert "Example:" in result.output and f"fedfleet {group} {sub}" in result.output
 
 
 def test_an_environment_variable_sets_a_run_option() -> None:

@@ -52,19 +52,26 @@ DEFAULT_NODE_KEY = Path.home() / ".fedfleet" / "node-key"
 @click.option("--warm-trainer/--no-warm-trainer", default=True, show_default=True,
               help="Keep TensorFlow and the model loaded between rounds in one "
                    "long-lived trainer process.")
+@click.option("--drain-timeout", type=click.FloatRange(min=0), default=120.0,
+              show_default=True,
+              help="When stopped (SIGTERM, Ctrl-C) while answering a message, wait up to "
+                   "this many seconds for the reply to be sent first.")
 @click.option("--home", type=click.Path(file_okay=False, path_type=Path),
               default=Path.home() / ".fedfleet" / "client", show_default=True,
-              help="Directory for the node's Flower state (FLWR_HOME).")
+              help="Directory for the node's Flower state (FLWR_HOME) and activity.json "
+                   "(idle/busy, for operator tools).")
 def join(server: str, data: str, partition: tuple[int, int] | None,
          label_column: str, class_names: str, root_certificates: Path | None,
          node_key: Path, no_node_key: bool, insecure: bool, runtime_port: int,
-         data_retry: float, connect_timeout: float, warm_trainer: bool, home: Path) -> None:
+         data_retry: float, connect_timeout: float, warm_trainer: bool,
+         drain_timeout: float, home: Path) -> None:
     """Join this device to a fedfleet server and train on local data.
 
     The data never leaves the device; only model weights and metrics do. The
     connection uses TLS and the device signs in with its node key (create it
     with 'fedfleet node-key' and have the operator register the public key).
-    The command runs until stopped (Ctrl-C) or until the server removes the node.
+    The command runs until stopped (Ctrl-C) or until the server removes the node;
+    stopped while answering a message, it sends the reply first (--drain-timeout).
 
     \b
     Example:
@@ -81,7 +88,7 @@ def join(server: str, data: str, partition: tuple[int, int] | None,
                        root_certificates=root_certificates, node_key=key,
                        runtime_port=runtime_port,
                        connect_timeout=connect_timeout, data_retry=data_retry,
-                       warm_trainer=warm_trainer)
+                       warm_trainer=warm_trainer, drain_timeout=drain_timeout)
     sys.exit(run_join(opts))
 
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 
+from fedfleet.client.activity import Activity
 from fedfleet.client.nodedata import NodeData
 from fedfleet.client.supervisor import WorkerSupervisor
 from fedfleet.shared import process
@@ -39,6 +40,7 @@ class JoinOptions:
     data_retry: float = 0.0  # > 0: on bad data, report and check again this often
     warm_trainer: bool = True
     task_poll_interval: float = 0.1
+    drain_timeout: float = 120.0  # on SIGTERM/SIGINT, finish the message in progress first
 
     @property
     def trainer_socket(self) -> Path:
@@ -178,6 +180,7 @@ def _run_supernode(opts: JoinOptions, env: dict[str, str]) -> int:
     log.info("Joined %s; SuperNode running as pid %d", opts.server, child.pid)
     tail: list[str] = []
     node_id: list[str] = []  # set once the server has admitted the node
+    activity = Activity(opts.home)
 
     def echo() -> None:  # pass the SuperNode's output through, keep the last lines
         assert child.stdout is not None
@@ -186,6 +189,7 @@ def _run_supernode(opts: JoinOptions, env: dict[str, str]) -> int:
             sys.stdout.flush()
             tail.append(line)
             del tail[:-200]
+            activity.feed(line)
             if "SuperNode ID:" in line:
                 node_id[:] = [line.rsplit(":", 1)[1].strip()]
 
@@ -196,7 +200,23 @@ def _run_supernode(opts: JoinOptions, env: dict[str, str]) -> int:
 
     def forward(signum: int, _frame: FrameType | None) -> None:
         stopping.append(signum)
-        child.send_signal(signum)
+        if len(stopping) > 1 or not activity.busy:
+            activity.stopping()
+            child.send_signal(signum)
+            return
+        # Stopping the SuperNode now would lose the reply it is working on: the server
+        # would wait for it until the round's deadline. Let it finish first.
+        log.info("Stopping once the message in progress is answered (up to %.0fs; "
+                 "signal again to stop now)", opts.drain_timeout)
+        threading.Thread(target=drain, args=(signum,), daemon=True).start()
+
+    def drain(signum: int) -> None:
+        if not activity.wait_idle(opts.drain_timeout):
+            log.warning("The message in progress was not answered within %.0fs; "
+                        "stopping anyway", opts.drain_timeout)
+        activity.stopping()
+        if child.poll() is None:
+            child.send_signal(signum)
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, forward)

@@ -22,3 +22,6 @@ METRICS_JSON = "metrics.json"
 METRICS_CSV = "metrics.csv"
 FINAL_MODEL = "final_model.keras"
 CHECKPOINT_DIR = "checkpoints"
+
+ACTIVITY_FILE = "activity.json"
+"""In ``fedfleet join``'s home: whether the device is working on a message (idle/busy)."""

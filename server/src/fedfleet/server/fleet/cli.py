@@ -1,0 +1,407 @@
+"""``fedfleet fleet``: deploy, watch, update and remove the clients on devices. Parsing only."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import click
+
+from fedfleet.server.fleet.channels import close_quietly, connect
+from fedfleet.server.fleet.engine import DeviceEngine, Fleet, Outcome
+from fedfleet.server.fleet.images import LocalImages
+from fedfleet.server.fleet.inventory import Endpoint, Inventory, load_inventory
+from fedfleet.server.fleet.progress import Board, run_all
+from fedfleet.server.fleet.registry import (
+    ContainerRegistry,
+    DirectRegistry,
+    NodeRegistry,
+    last_rounds,
+)
+from fedfleet.shared.errors import FedfleetError
+
+LOCAL = Endpoint("local")
+
+
+def _common(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Add --inventory and --state-dir (also read from FEDFLEET_FLEET_INVENTORY)."""
+    name = func.__name__.removeprefix("fleet_").upper()
+    for option in reversed([
+        click.option("-i", "--inventory", type=click.Path(dir_okay=False, path_type=Path),
+                     default=Path("fleet.toml"), show_default=True,
+                     envvar=[f"FEDFLEET_FLEET_{name}_INVENTORY", "FEDFLEET_FLEET_INVENTORY"],
+                     help="The fleet inventory (also FEDFLEET_FLEET_INVENTORY)."),
+        click.option("--state-dir", type=click.Path(file_okay=False, path_type=Path),
+                     default=Path("fedfleet-state"), show_default=True,
+                     help="Where the Control API client keeps its settings."),
+    ]):
+        func = option(func)
+    return func
+
+
+def _registry(inventory: Inventory, state_dir: Path) -> NodeRegistry:
+    server = inventory.server
+    if server.control_container is not None:
+        return ContainerRegistry(connect(server.control_docker or LOCAL),
+                                 server.control_container)
+    assert server.control is not None
+    return DirectRegistry(server.control, server.ca, state_dir)
+
+
+@contextmanager
+def _fleet(inventory: Inventory, state_dir: Path, **options: Any) -> Iterator[Fleet]:
+    local = LocalImages(lambda: connect(LOCAL))
+    try:
+        yield Fleet(server=inventory.server, ca_pem=inventory.server.ca.read_bytes(),
+                    registry=_registry(inventory, state_dir), local=local, **options)
+    finally:
+        local.close()
+
+
+def _on_device(inventory: Inventory, fleet: Fleet,
+               work: Callable[[DeviceEngine], Outcome]) -> Callable[..., Outcome]:
+    """Return a job that connects to a device, runs ``work`` and closes the connection."""
+    def job(name: str, say: Callable[[str], None]) -> Outcome:
+        spec = inventory.devices[name]
+        say(f"connecting to {spec.endpoint.url}")
+        client = connect(spec.endpoint)
+        try:
+            return work(DeviceEngine(client, spec, fleet, say))
+        finally:
+            close_quietly(client)
+    return job
+
+
+def _finish(outcomes: Sequence[Outcome], verb: str) -> None:
+    failed = [o for o in outcomes if not o.ok]
+    changed = sum(o.changed for o in outcomes)
+    click.echo(f"{len(outcomes) - len(failed)} of {len(outcomes)} devices {verb} "
+               f"({changed} changed)")
+    if failed:
+        raise click.ClickException(f"{len(failed)} of {len(outcomes)} devices failed: "
+                                   f"{', '.join(o.device for o in failed)} (reasons above)")
+
+
+@click.group("fleet")
+def fleet() -> None:
+    """Deploy, watch and update the clients on your devices through their Docker API.
+
+    The devices, the server they join and the image they run are listed in an
+    inventory, fleet.toml (see README: Deploy to your devices). Each device's
+    Docker Engine API is reached over ssh://, tcp:// with TLS client certificates,
+    or a local socket.
+
+    \b
+    Example:
+        fedfleet fleet deploy
+        fedfleet fleet status --watch
+        fedfleet fleet update --batch 2
+        fedfleet fleet logs edge-1 --follow
+        fedfleet fleet exec edge-1 -- doctor
+        fedfleet fleet remove edge-3 --yes
+    """
+
+
+@fleet.command("deploy")
+@click.argument("names", nargs=-1)
+@_common
+@click.option("--build-on-device", is_flag=True,
+              help="Build the image on each device from build_context (native arch).")
+@click.option("--parallel", type=click.IntRange(min=1), default=4, show_default=True,
+              help="Devices handled at once.")
+@click.option("--ready-timeout", type=click.FloatRange(min=1), default=180.0,
+              show_default=True,
+              help="Seconds a new container has to become healthy and online.")
+def fleet_deploy(names: tuple[str, ...], inventory: Path, state_dir: Path,
+                 build_on_device: bool, parallel: int, ready_timeout: float) -> None:
+    """Put the client on each device (all, or the NAMES given) and start it.
+
+    Per device: check its Docker (OS, architecture, memory, disk), bring the image
+    (from a registry, streamed from this machine, or built there), make the node key
+    on the device (the private key never leaves it), register it with the server,
+    and run the client container. A device that is already as the inventory says
+    is left alone; a failing device does not stop the others.
+
+    \b
+    Example:
+        fedfleet fleet deploy
+        fedfleet fleet deploy edge-1 edge-2 --inventory lab.toml
+        fedfleet fleet deploy pi-4 --build-on-device
+    """
+    inv = load_inventory(inventory)
+    devices = [d.name for d in inv.select(names)]
+    with _fleet(inv, state_dir, build_on_device=build_on_device,
+                ready_timeout=ready_timeout) as ctx:
+        outcomes = run_all(devices, _on_device(inv, ctx, lambda e: e.apply()), parallel,
+                           Board(devices))
+    _finish(outcomes, "deployed")
+
+
+@fleet.command("update")
+@click.argument("names", nargs=-1)
+@_common
+@click.option("--batch", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Devices switched at a time.")
+@click.option("--build-on-device", is_flag=True,
+              help="Build the new image on each device from build_context.")
+@click.option("--idle-timeout", type=click.FloatRange(min=0), default=600.0,
+              show_default=True,
+              help="Seconds to wait for a device to finish the message it is answering.")
+@click.option("--ready-timeout", type=click.FloatRange(min=1), default=180.0,
+              show_default=True,
+              help="Seconds the new container has to become healthy and online, else "
+                   "it is rolled back.")
+def fleet_update(names: tuple[str, ...], inventory: Path, state_dir: Path, batch: int,
+                 build_on_device: bool, idle_timeout: float, ready_timeout: float) -> None:
+    """Roll the inventory's image out, --batch devices at a time.
+
+    Each device gets the new image while it keeps training; its container is
+    switched only between messages (no reply is lost) and keeps its key volume, so
+    it rejoins as the same node. The next device starts only once this one is
+    healthy and online; one that is not within --ready-timeout goes back to its
+    previous container and image (kept, tagged fedfleet-previous), and the rollout
+    stops there.
+
+    \b
+    Example:
+        fedfleet fleet update
+        fedfleet fleet update --batch 3 --ready-timeout 300
+    """
+    inv = load_inventory(inventory)
+    devices = [d.name for d in inv.select(names)]
+    board = Board(devices)
+    outcomes: list[Outcome] = []
+    with _fleet(inv, state_dir, build_on_device=build_on_device,
+                ready_timeout=ready_timeout, idle_timeout=idle_timeout) as ctx:
+        job = _on_device(inv, ctx, lambda e: e.apply())
+        for start in range(0, len(devices), batch):
+            group = devices[start:start + batch]
+            outcomes += run_all(group, job, batch, board)
+            if not all(o.ok for o in outcomes):
+                for name in devices[start + batch:]:
+                    board.say(name, "not updated: the rollout stopped")
+                    outcomes.append(Outcome(name, False, False, "not updated: the rollout "
+                                            "stopped at a failed device"))
+                break
+    _finish(outcomes, "up to date")
+
+
+COLUMNS = [("DEVICE", "device"), ("CONTAINER", "container"), ("HEALTH", "health"),
+           ("IMAGE", "image_id"), ("VERSION", "version"), ("NODE", "node_id"),
+           ("ONLINE", "online"), ("LAST ROUND", "last_round"), ("ACTIVITY", "activity"),
+           ("UPTIME", "uptime"), ("RESTARTS", "restarts")]
+
+
+def _uptime(seconds: object) -> str:
+    if not isinstance(seconds, int):
+        return "-"
+    hours, rest = divmod(seconds, 3600)
+    return f"{hours}h{rest // 60:02d}m" if hours else f"{rest // 60}m{rest % 60:02d}s"
+
+
+def _table(rows: list[dict[str, Any]]) -> str:
+    cells = []
+    for row in rows:
+        shown = dict(row, uptime=_uptime(row.get("uptime_s")))
+        if not row.get("reachable"):
+            shown["container"] = "unreachable"
+        cells.append([str(shown.get(key) if shown.get(key) is not None else "-")
+                      for _, key in COLUMNS])
+    widths = [max([len(title)] + [len(c[i]) for c in cells])
+              for i, (title, _) in enumerate(COLUMNS)]
+    lines = ["  ".join(t.ljust(w) for (t, _), w in zip(COLUMNS, widths, strict=True))]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(cell, widths, strict=True)).rstrip()
+              for cell in cells]
+    errors = [f"{r['device']}: {r['error']}" for r in rows if r.get("error")]
+    return "\n".join(lines + errors)
+
+
+def _status_rows(inv: Inventory, ctx: Fleet, names: Sequence[str], parallel: int
+                 ) -> list[dict[str, Any]]:
+    from concurrent.futures import ThreadPoolExecutor
+
+    try:
+        nodes = ctx.registry.nodes(fresh=True)
+        server_error = None
+    except FedfleetError as err:
+        nodes, server_error = {}, str(err)
+    rounds = last_rounds(inv.server.outputs)
+
+    def one(name: str) -> dict[str, Any]:
+        spec = inv.devices[name]
+        try:
+            client = connect(spec.endpoint, timeout=30)
+        except FedfleetError as err:
+            return {"device": name, "endpoint": spec.endpoint.url, "reachable": False,
+                    "error": str(err)}
+        try:
+            return DeviceEngine(client, spec, ctx).status(nodes, rounds)
+        except Exception as err:  # noqa: BLE001 - one device must not hide the others
+            return {"device": name, "endpoint": spec.endpoint.url, "reachable": True,
+                    "error": f"{type(err).__name__}: {err}"}
+        finally:
+            close_quietly(client)
+
+    with ThreadPoolExecutor(max_workers=parallel) as pool:
+        rows = list(pool.map(one, names))
+    if server_error:
+        for row in rows:
+            row.setdefault("online", "unknown")
+        rows.append({"device": "(server)", "reachable": False, "error": server_error})
+    return rows
+
+
+@fleet.command("status")
+@click.argument("names", nargs=-1)
+@_common
+@click.option("--format", "format", type=click.Choice(["table", "json"]), default="table",
+              show_default=True, help="Output format.")
+@click.option("--watch", is_flag=True, help="Refresh every --interval seconds (Ctrl-C ends).")
+@click.option("--interval", type=click.FloatRange(min=1), default=5.0, show_default=True,
+              help="Seconds between refreshes with --watch.")
+@click.option("--parallel", type=click.IntRange(min=1), default=8, show_default=True,
+              help="Devices asked at once.")
+def fleet_status(names: tuple[str, ...], inventory: Path, state_dir: Path, format: str,
+                 watch: bool, interval: float, parallel: int) -> None:
+    """Show each device: container, health, image, node, online, last round, uptime.
+
+    LAST ROUND comes from the run records in the server's output directory
+    ([server] outputs in the inventory). ACTIVITY says whether the device is
+    answering a message right now.
+
+    \b
+    Example:
+        fedfleet fleet status
+        fedfleet fleet status --watch --interval 2
+        fedfleet fleet status edge-1 --format json
+    """
+    inv = load_inventory(inventory)
+    devices = [d.name for d in inv.select(names)]
+    live = sys.stdout.isatty()
+    with _fleet(inv, state_dir) as ctx:
+        while True:
+            rows = _status_rows(inv, ctx, devices, parallel)
+            text = json.dumps(rows, indent=1) if format == "json" else _table(rows)
+            if watch and live:
+                click.echo("\x1b[H\x1b[2J", nl=False)
+            if watch:
+                click.echo(time.strftime("%H:%M:%S"))
+            click.echo(text)
+            if not watch:
+                break
+            try:
+                time.sleep(interval)
+            except KeyboardInterrupt:
+                break
+
+
+def _one_device(inventory: Path, name: str) -> tuple[Inventory, Any]:
+    inv = load_inventory(inventory)
+    spec = inv.select([name])[0]
+    return inv, spec
+
+
+def _container(client: Any, spec: Any) -> Any:
+    import docker.errors
+
+    try:
+        return client.containers.get(spec.container)
+    except docker.errors.NotFound:
+        raise FedfleetError(f"device {spec.name} has no client container "
+                            f"({spec.container}); run 'fedfleet fleet deploy {spec.name}'"
+                            ) from None
+
+
+@fleet.command("logs")
+@click.argument("name")
+@_common
+@click.option("--follow", is_flag=True, help="Keep printing new lines (Ctrl-C ends).")
+@click.option("--tail", type=click.IntRange(min=0), default=100, show_default=True,
+              help="Lines from the end to start with.")
+def fleet_logs(name: str, inventory: Path, state_dir: Path, follow: bool, tail: int) -> None:
+    """Print the client container's log on device NAME.
+
+    \b
+    Example:
+        fedfleet fleet logs edge-1 --tail 20
+        fedfleet fleet logs edge-1 --follow
+    """
+    _, spec = _one_device(inventory, name)
+    client = connect(spec.endpoint)
+    try:
+        container = _container(client, spec)
+        out = sys.stdout.buffer
+        if not follow:
+            out.write(container.logs(tail=tail))
+            return
+        try:
+            for chunk in container.logs(stream=True, follow=True, tail=tail):
+                out.write(chunk)
+                out.flush()
+        except KeyboardInterrupt:
+            pass
+    finally:
+        close_quietly(client)
+
+
+@fleet.command("exec", context_settings={"ignore_unknown_options": True})
+@click.argument("name")
+@click.argument("args", nargs=-1, type=click.UNPROCESSED, required=True)
+@_common
+def fleet_exec(name: str, args: tuple[str, ...], inventory: Path, state_dir: Path) -> None:
+    """Run a fedfleet command (ARGS) inside the client container on device NAME.
+
+    The container's settings (server, CA, node key, data) are filled in, so
+    'doctor' needs no options. The exit code is the command's.
+
+    \b
+    Example:
+        fedfleet fleet exec edge-1 -- doctor
+        fedfleet fleet exec edge-1 -- data /data
+    """
+    _, spec = _one_device(inventory, name)
+    client = connect(spec.endpoint)
+    try:
+        container = _container(client, spec)
+        if container.status != "running":
+            raise FedfleetError(f"the client container on {name} is {container.status}; "
+                                f"see 'fedfleet fleet logs {name}'")
+        result = container.exec_run(["fedfleet", *args], demux=True)
+    finally:
+        close_quietly(client)
+    out, err = result.output
+    sys.stdout.buffer.write(out or b"")
+    sys.stdout.flush()
+    sys.stderr.buffer.write(err or b"")
+    sys.exit(result.exit_code or 0)
+
+
+@fleet.command("remove")
+@click.argument("names", nargs=-1, required=True)
+@_common
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+def fleet_remove(names: tuple[str, ...], inventory: Path, state_dir: Path, yes: bool) -> None:
+    """Take devices out: container and key volume removed, node revoked on the server.
+
+    The device's key is destroyed; deploying it again makes a new key and node.
+    Images stay on the device.
+
+    \b
+    Example:
+        fedfleet fleet remove edge-3
+        fedfleet fleet remove edge-3 edge-4 --yes
+    """
+    inv = load_inventory(inventory)
+    devices = [d.name for d in inv.select(names)]
+    if not yes:
+        click.confirm(f"Remove {', '.join(devices)} (container, node key, registration)?",
+                      abort=True)
+    with _fleet(inv, state_dir) as ctx:
+        outcomes = run_all(devices, _on_device(inv, ctx, lambda e: e.remove()), 4,
+                           Board(devices))
+    _finish(outcomes, "removed")

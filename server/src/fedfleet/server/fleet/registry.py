@@ -1,0 +1,190 @@
+"""The server side of a deploy: register, list and revoke node keys, and read run records.
+
+Two ways to reach the SuperLink's Control API, as the inventory's [server] says:
+
+- ``control = "127.0.0.1:8000"``: directly, as ``fedfleet nodes`` does on a bare-metal
+  server host (Flower's ``flwr`` CLI over TLS, with the inventory's CA);
+- ``control_container = "fedfleet-server-1"``: by running ``fedfleet nodes ...`` inside
+  the server container through the Docker API (compose keeps the SuperLink on an
+  internal network, so this is the only way in from the host).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+import tarfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Protocol
+
+import docker
+import docker.errors
+
+from fedfleet.server.control import Control
+from fedfleet.server.record import read_record
+from fedfleet.shared.errors import FedfleetError
+
+NODES_TTL = 2.0
+"""Seconds a node list is reused: parallel devices share one Control API call."""
+
+
+class RegistryError(FedfleetError):
+    """The server's Control API refused or could not be reached."""
+
+
+class NodeRegistry(Protocol):
+    """What the fleet engine needs from the server."""
+
+    def register(self, public_key: str, name: str) -> int:
+        """Register ``public_key``; return the node ID."""
+
+    def nodes(self, fresh: bool = False) -> dict[int, dict[str, Any]]:
+        """Return registered nodes by ID (``status``: online, offline, registered...)."""
+
+    def revoke(self, node_id: int) -> None:
+        """Unregister a node."""
+
+
+class _Cached:
+    """Serialises Control API calls and shares node lists between devices for a moment."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._nodes: dict[int, dict[str, Any]] | None = None
+        self._at = 0.0
+
+    def _cached_nodes(self, fetch: Callable[[], list[dict[str, Any]]], fresh: bool
+                      ) -> dict[int, dict[str, Any]]:
+        with self._lock:
+            if fresh or self._nodes is None or time.monotonic() - self._at > NODES_TTL:
+                self._nodes = {int(row["node-id"]): row for row in fetch()}
+                self._at = time.monotonic()
+            return dict(self._nodes)
+
+    def _forget(self) -> None:
+        self._nodes = None
+
+
+class DirectRegistry(_Cached):
+    """The Control API at ``address`` (TLS with ``ca``), through Flower's CLI."""
+
+    def __init__(self, address: str, ca: Path, state_dir: Path) -> None:
+        """Keep the CLI's settings in ``state_dir``."""
+        super().__init__()
+        self.state_dir = state_dir
+        self.control = Control(address, state_dir / "cli", insecure=False,
+                               root_certificates=ca)
+
+    def register(self, public_key: str, name: str) -> int:
+        """Register ``public_key`` under ``name``; return the node ID."""
+        with self._lock:
+            self.state_dir.mkdir(parents=True, exist_ok=True)
+            path = self.state_dir / f"{name}.pub"
+            path.write_text(public_key.strip() + "\n", encoding="utf-8")
+            try:
+                node_id = self.control.register_node(path, name)
+            finally:
+                path.unlink(missing_ok=True)
+            self._forget()
+            return node_id
+
+    def nodes(self, fresh: bool = False) -> dict[int, dict[str, Any]]:
+        """Return the registered nodes by ID."""
+        return self._cached_nodes(self.control.nodes, fresh)
+
+    def revoke(self, node_id: int) -> None:
+        """Unregister ``node_id``."""
+        with self._lock:
+            self.control.revoke_node(node_id)
+            self._forget()
+
+
+class ContainerRegistry(_Cached):
+    """``fedfleet nodes ...`` run inside the server container ``name`` via ``docker exec``."""
+
+    def __init__(self, client: docker.DockerClient, name: str) -> None:
+        """Use the container ``name`` on the daemon ``client`` talks to."""
+        super().__init__()
+        self.client = client
+        self.name = name
+
+    def _container(self) -> Any:
+        try:
+            container = self.client.containers.get(self.name)
+        except docker.errors.NotFound:
+            raise RegistryError(f"no server container {self.name!r} (control_container in "
+                                "the inventory; 'docker compose ps' shows its name)") from None
+        if container.status != "running":
+            raise RegistryError(f"the server container {self.name} is {container.status}")
+        return container
+
+    def _exec(self, *args: str) -> str:
+        result = self._container().exec_run(["fedfleet", "nodes", *args], demux=True)
+        out = (result.output[0] or b"").decode(errors="replace")
+        err = (result.output[1] or b"").decode(errors="replace")
+        if result.exit_code != 0:
+            lines = [line for line in (err or out).splitlines() if line.strip()]
+            raise RegistryError(f"in the server container {self.name}: "
+                                f"{lines[-1] if lines else 'fedfleet nodes failed'}")
+        return out
+
+    def register(self, public_key: str, name: str) -> int:
+        """Copy ``public_key`` into the container and register it there."""
+        with self._lock:
+            data = (public_key.strip() + "\n").encode()
+            buffer = io.BytesIO()
+            with tarfile.open(fileobj=buffer, mode="w") as tar:
+                info = tarfile.TarInfo(f"fleet-{name}.pub")
+                info.size, info.mode, info.uid, info.gid = len(data), 0o644, 49999, 49999
+                tar.addfile(info, io.BytesIO(data))
+            self._container().put_archive("/tmp", buffer.getvalue())
+            out = self._exec("register", f"/tmp/fleet-{name}.pub", "--name", name)
+            self._forget()
+        match = re.search(r"registered node (\d+)", out)
+        if match is None:
+            raise RegistryError(f"in the server container {self.name}: unexpected answer "
+                                f"{out.strip()[:200]!r}")
+        return int(match.group(1))
+
+    def nodes(self, fresh: bool = False) -> dict[int, dict[str, Any]]:
+        """Return the registered nodes by ID."""
+        def fetch() -> list[dict[str, Any]]:
+            rows = json.loads(self._exec("list", "--format", "json"))
+            return list(rows)
+        return self._cached_nodes(fetch, fresh)
+
+    def revoke(self, node_id: int) -> None:
+        """Unregister ``node_id``."""
+        with self._lock:
+            self._exec("revoke", str(node_id))
+            self._forget()
+
+
+def last_rounds(outputs: Path | None, runs: int = 5) -> dict[str, tuple[int, int]]:
+    """Return, per node ID, the newest (run ID, round) it sent a training reply for.
+
+    Reads the ``metrics.json`` of the ``runs`` newest runs in the server's output dir.
+    """
+    if outputs is None or not outputs.is_dir():
+        return {}
+    found: dict[str, tuple[float, int, int]] = {}  # node -> (run start, round, run ID)
+    dirs = sorted(outputs.glob("run-*/metrics.json"), key=lambda p: p.stat().st_mtime)
+    for path in dirs[-runs:]:
+        record = read_record(path.parent)
+        if record is None:
+            continue
+        run_id = int(record["run"].get("run_id", 0))
+        started = float(record["run"].get("started_at", 0.0))
+        for row in record["rounds"]:
+            for client in row.get("clients", []):
+                if client.get("weight") is None:  # no accepted training reply
+                    continue
+                node = str(client["node_id"])
+                entry = (started, int(row.get("round", 0)), run_id)
+                if node not in found or entry[:2] > found[node][:2]:
+                    found[node] = entry
+    return {node: (run_id, rnd) for node, (_, rnd, run_id) in found.items()}
