@@ -90,6 +90,10 @@ def test_revoked_device_is_out_and_the_run_goes_on(fleet: Fleet, tmp_path: Path)
         assert cli(tmp_path, "node-key", "--out", f"{name}.key").returncode == 0
         shutil.copy(tmp_path / f"{name}.key.pub", keys / f"{name}.pub")
     connection = _secure_server(fleet, tmp_path, "--authorized-keys", "devices", "--no-run")
+    deadline = time.monotonic() + 60  # the SuperLink answers before the keys are in
+    while (time.monotonic() < deadline
+           and fleet.log("server").count(" as node ") < 2):
+        time.sleep(0.5)
     ids = {line.split()[1]: int(line.split("as node ")[1])
            for line in fleet.log("server").splitlines() if " as node " in line}
     assert set(ids) == {"edge-1", "edge-2"}, fleet.log("server")
