@@ -14,8 +14,8 @@ from click.testing import CliRunner
 from fedfleet.shared.cli import cli
 
 ROOT = Path(__file__).parents[1]
-COMMANDS = ["certs", "data", "doctor", "join", "node-key", "nodes", "run", "runs", "secrets",
-            "server", "status"]
+COMMANDS = ["certs", "data", "doctor", "export", "join", "models", "node-key", "nodes",
+            "predict", "report", "run", "runs", "secrets", "server", "status"]
 
 
 def test_all_commands_are_plugged_in() -> None:
