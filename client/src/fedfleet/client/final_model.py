@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import io
 import os
-import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,7 @@ import numpy as np
 
 from fedfleet.client.nodedata import NodeData
 from fedfleet.shared.errors import ConfigError, ModelMismatchError
-from fedfleet.shared.fileio import weights_digest
+from fedfleet.shared.fileio import temp_path, weights_digest
 from fedfleet.shared.modelstore import clean_metrics, models_dir, store_model
 from fedfleet.shared.settings import RunSettings
 
@@ -46,9 +45,7 @@ def home_of(node_config: Mapping[str, Any]) -> Path:
 
 @contextlib.contextmanager
 def _temp(folder: Path, suffix: str) -> Iterator[Path]:
-    fd, name = tempfile.mkstemp(prefix=".receiving.", suffix=suffix, dir=folder)
-    os.close(fd)
-    path = Path(name)
+    path = temp_path(folder / "receiving", f".tmp{suffix}")
     try:
         yield path
     finally:

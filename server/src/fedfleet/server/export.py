@@ -15,7 +15,6 @@ import io
 import os
 import shutil
 import sys
-import tempfile
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ import numpy as np
 
 from fedfleet.shared.constants import CHECKPOINT_DIR, DEFAULT_DATASET, FINAL_MODEL
 from fedfleet.shared.errors import ConfigError, FedfleetError
+from fedfleet.shared.fileio import temp_path
 from fedfleet.shared.predict import run_tflite
 from fedfleet.shared.runrecord import RunRecord
 
@@ -261,7 +261,9 @@ def _export(source: Path, server_round: int | None, fmt: str, quantize: str, out
 
     model = keras.models.load_model(source, compile=False)
     expected = np.asarray(model(x, training=False))
-    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    work = temp_path(out, ".export")  # a folder with the usual permissions, not 700
+    work.unlink()
+    work.mkdir()
     try:
         built = work / out.name
         got = _build(model, fmt, quantize, built, x)

@@ -160,7 +160,7 @@ _DRAW: dict[str, Callable[[RunRecord, Any], None]] = {
 
 
 def _save(figure: Any, path: Path) -> None:
-    tmp = temp_path(path, ".png")
+    tmp = temp_path(path, ".tmp.png")
     try:
         figure.savefig(tmp, format="png")
         os.replace(tmp, path)

@@ -10,7 +10,7 @@ import contextlib
 import hashlib
 import json
 import os
-import tempfile
+import secrets
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -43,12 +43,21 @@ def weights_digest(arrays: Sequence[Any]) -> str:
     return digest.hexdigest()
 
 
-def temp_path(target: Path, suffix: str = "") -> Path:
-    """Return a new, unused temporary file name next to ``target`` (same file system)."""
-    fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=f"{suffix}.tmp",
-                                dir=target.parent)
-    os.close(fd)
-    return Path(name)
+def temp_path(target: Path, suffix: str = ".tmp") -> Path:
+    """Create an empty, new temporary file next to ``target`` (same file system).
+
+    Unlike ``tempfile.mkstemp`` (mode 600), the file gets the usual permissions
+    (0666 less the umask, or the folder's default ACL), so a file moved into place
+    is as readable as any other the process writes.
+    """
+    for _ in range(100):
+        path = target.with_name(f".{target.name}.{secrets.token_hex(4)}{suffix}")
+        try:
+            os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
+        except FileExistsError:
+            continue
+        return path
+    raise FileExistsError(f"no free temporary name next to {target}")
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
