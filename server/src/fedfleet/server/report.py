@@ -123,10 +123,14 @@ def _models(run_dir: Path, record: RunRecord) -> str:
     entries, from_file = registry_entries(run_dir, record)
     if not entries:
         return "<p>No checkpoints.</p>"
-    rows = [(str(m.get("round", "")), f"<code>{_e(m.get('file', ''))}</code>",
+    def metric(entry: Mapping[str, Any]) -> object:
+        metrics = entry.get("metrics")
+        return metrics.get("central_accuracy") if isinstance(metrics, Mapping) else None
+
+    rows = [(_e(m.get("round", "")), f"<code>{_e(m.get('file', ''))}</code>",
              f"<code>{_e(str(m.get('sha256', ''))[:16])}</code>",
-             _fmt("accuracy", (m.get("metrics") or {}).get("central_accuracy")),
-             _e(len(m.get("nodes") or [])))
+             _fmt("accuracy", metric(m)),
+             _e(len(m.get("nodes") or []) if isinstance(m.get("nodes"), list) else ""))
             for m in entries]
     note = "" if from_file else "<p>(no models.json yet: listed from metrics.json)</p>"
     return note + _table(["round", "file", "sha256", "test acc", "devices"], rows,

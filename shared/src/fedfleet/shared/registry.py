@@ -37,7 +37,7 @@ def make_entry(run_dir: Path, round_row: Mapping[str, Any], path: Path) -> dict[
     """Return the registry entry of the checkpoint ``path`` of ``round_row``."""
     metrics = {k: number(round_row.get(k)) for k in METRIC_KEYS}
     return {
-        "round": int(round_row.get("round", 0)),
+        "round": int(number(round_row.get("round")) or 0),
         "file": _relative(run_dir, path),
         "sha256": sha256_file(path),
         "bytes": path.stat().st_size,
