@@ -77,7 +77,8 @@ def _table(header: Sequence[str], rows: Iterable[Sequence[str]],
     head = "".join(cell("th", i, _e(h)) for i, h in enumerate(header))
     body = "".join("<tr>" + "".join(cell("td", i, c) for i, c in enumerate(row)) + "</tr>"
                    for row in rows)
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+    thead = f"<thead><tr>{head}</tr></thead>" if header else ""
+    return f"<table>{thead}<tbody>{body}</tbody></table>"
 
 
 def _when(value: object) -> str:
@@ -103,7 +104,7 @@ def _summary(record: RunRecord) -> str:
     if isinstance(resumed, Mapping):
         items.append(("continues", f"run {_e(resumed.get('run_id'))} after round "
                                    f"{_e(resumed.get('round'))}"))
-    return _table(["", ""], [(k, v) for k, v in items if v], text_columns=(0, 1))
+    return _table([], [(k, v) for k, v in items if v], text_columns=(0, 1))
 
 
 def _round_cells(row: Mapping[str, Any]) -> list[str]:
