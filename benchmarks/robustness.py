@@ -21,7 +21,7 @@ from typing import Any
 
 from fleet import FEDFLEET, QUIET, _stop_group, free_port
 
-from fedfleet.server.record import read_record
+from fedfleet.shared.runrecord import read_record
 
 ROOT = Path(__file__).resolve().parents[1]
 POISONED = ROOT / "tests" / "integration" / "poisoned_worker.py"

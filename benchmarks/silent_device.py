@@ -18,7 +18,7 @@ from pathlib import Path
 
 from fleet import FEDFLEET, QUIET, _stop_group, free_port
 
-from fedfleet.server.record import read_record
+from fedfleet.shared.runrecord import read_record
 
 ROOT = Path(__file__).resolve().parents[1]
 SILENT = ROOT / "tests" / "integration" / "silent_worker.py"

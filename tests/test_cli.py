@@ -14,9 +14,8 @@ from ports import free_port
 from fedfleet.shared.cli import cli
 
 ROOT = Path(__file__).parents[1]
-COMMANDS = ["certs", "data", "doctor", "fleet", "join", "node-key", "nodes", "run", "runs",
-            "secrets",
-            "server", "status"]
+COMMANDS = ["certs", "data", "doctor", "export", "fleet", "join", "models", "node-key",
+            "nodes", "predict", "report", "run", "runs", "secrets", "server", "status"]
 
 
 def test_all_commands_are_plugged_in() -> None:

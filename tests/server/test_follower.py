@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 
 from fedfleet.server.follower import RunFollower
-from fedfleet.server.record import summary
 from fedfleet.shared.errors import FedfleetError
+from fedfleet.shared.runrecord import summary
 
 RUN_ID = 17
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from fedfleet.server.live import LiveView, estimate_left, frame
 from fedfleet.server.progress import ProgressFile, RoundProgress, read_progress
-from fedfleet.server.record import RoundRow, RunRecord
+from fedfleet.shared.runrecord import RoundRow, RunRecord
 
 NOW = 10_000.0
 

@@ -7,9 +7,9 @@ from collections.abc import Iterable
 import pytest
 from flwr.serverapp import Grid
 
-from fedfleet.server.record import RoundRow
 from fedfleet.server.round_policy import RoundPolicy
 from fedfleet.shared.errors import FedfleetError
+from fedfleet.shared.runrecord import RoundRow
 from fedfleet.shared.settings import RunSettings
 
 

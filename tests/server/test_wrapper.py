@@ -14,7 +14,6 @@ from flwr.supercore.task_identity import TaskIdentity
 
 from fedfleet.server.codec import WeightCodec
 from fedfleet.server.intake import Intake, IntakeLimits
-from fedfleet.server.record import CentralScores, read_record, round_line
 from fedfleet.server.recorder import RunRecorder
 from fedfleet.server.round_policy import RoundPolicy
 from fedfleet.server.run_files import RunFiles
@@ -23,6 +22,7 @@ from fedfleet.server.wrapper import FedfleetStrategy
 from fedfleet.shared.compression import decode_weights, encode_update
 from fedfleet.shared.errors import FedfleetError
 from fedfleet.shared.models import build_model
+from fedfleet.shared.runrecord import CentralScores, read_record, round_line
 from fedfleet.shared.settings import RunSettings
 from fedfleet.shared.weights import specs_of
 

@@ -33,10 +33,17 @@ def victim(tmp_path: Path) -> Path:
     return path
 
 
+UMASK = 0o027
+"""Not the usual 022: public files must show it, keys must not depend on it."""
+SHARED = 0o666 & ~UMASK
+"""Outputs, state and certificates get the process's usual permissions (the umask, or a
+folder's default ACL, which is how compose shares ./outputs with the host user)."""
+
+
 @pytest.fixture(autouse=True)
-def _open_umask() -> Iterator[None]:
-    """Modes must come from fchmod, not from whatever umask the process has."""
-    old = os.umask(0)
+def _unusual_umask() -> Iterator[None]:
+    """Keys' modes come from fchmod; everything else follows the process's umask."""
+    old = os.umask(UMASK)
     yield
     os.umask(old)
 
@@ -127,13 +134,13 @@ def test_run_outputs_and_strategy_state(tmp_path: Path, victim: Path) -> None:
            checkpoints / "round-001.keras", checkpoints / ".round-001.state.tmp.npz")
     outputs.write_record({"rounds": [{"round": 1}]})
     assert json.loads(outputs.metrics_json.read_text()) == {"rounds": [{"round": 1}]}
-    _regular(outputs.metrics_json, 0o644)
-    _regular(run / "metrics.csv", 0o644)
+    _regular(outputs.metrics_json, SHARED)
+    _regular(run / "metrics.csv", SHARED)
     outputs.save_model(build_model("mlp", (4,), 2), outputs.checkpoint(1))
-    _regular(outputs.checkpoint(1), 0o644)
+    _regular(outputs.checkpoint(1), SHARED)
     strategy = type("S", (), {"m_t": {"0": np.ones(3)}})()
     save_strategy_state(strategy, state_path(run, 1))
-    _regular(state_path(run, 1), 0o644)
+    _regular(state_path(run, 1), SHARED)
     with np.load(state_path(run, 1)) as saved:
         np.testing.assert_array_equal(saved["m_t/0"], np.ones(3))
     _intact(victim, run)
@@ -155,6 +162,6 @@ def test_the_authorized_keys_ledger(tmp_path: Path, victim: Path) -> None:
             return 7
 
     register_authorized_keys(Control(), keys, state)  # type: ignore[arg-type]
-    _regular(state / "authorized-keys.json", 0o644)
+    _regular(state / "authorized-keys.json", SHARED)
     assert not (tmp_path / "dangling").exists()
     _intact(victim, state)

@@ -13,12 +13,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from fedfleet.client import worker
+from fedfleet.client.final_model import home_of, reply_of, store_final_model
 from fedfleet.client.nodedata import NodeData
 from fedfleet.client.training import LocalTrainer
+from fedfleet.shared import delivery
 from fedfleet.shared.compression import decode_weights, encode_update
 from fedfleet.shared.constants import ARRAYS_KEY, CONFIG_KEY, METRICS_KEY
 from fedfleet.shared.errors import VersionMismatchError
@@ -124,4 +126,44 @@ def evaluate(msg: Message, context: Context) -> Message:
     metrics, _ = _run("evaluate", msg, context, settings,
                       _received_weights(msg, settings))
     content = RecordDict({METRICS_KEY: MetricRecord(_with_timing(metrics, msg))})
+    return Message(content=content, reply_to=msg)
+
+
+@app.query(delivery.ACTION)
+def final_model(msg: Message, context: Context) -> Message:
+    """Keep the run's final global model under this device's fedfleet home.
+
+    Stores ``.keras`` and ``.tflite`` and indexes them (see
+    :mod:`fedfleet.client.final_model`); the conversion runs in the warm trainer
+    when there is one. Replies with what was stored and the weights' digest.
+    """
+    settings = _prepare(msg, context)
+    record = msg.content.config_records.get(delivery.INFO_KEY) or ConfigRecord()
+    info = {k: v for k, v in record.items() if isinstance(v, (bool, int, float, str))}
+    parsed = delivery.unpack_info(info)
+    arrays = msg.content.array_records.get(ARRAYS_KEY)
+    if arrays is None:
+        raise VersionMismatchError("the final-model message carries no weights")
+    weights = arrays.to_numpy_ndarrays()  # sent uncompressed, whatever the run used
+    node = dict(context.node_config)
+    home = home_of(node)
+    socket_path = node.get("trainer-socket")
+    if socket_path:
+        try:
+            reply, _ = worker.call(Path(str(socket_path)), "final_model", context.run_id,
+                                   dict(context.run_config), node, weights,
+                                   timeout=settings.round_timeout,
+                                   extra={"home": str(home), "info": info})
+            stored: dict[str, Any] = reply["metrics"]
+        except worker.WorkerUnavailable as err:
+            log.warning("Warm trainer unavailable (%s); converting in this process", err)
+            socket_path = None
+    if not socket_path:
+        data = NodeData.from_node_config(node)
+        model = _trainer(data).model(settings, weights)
+        stored = reply_of(store_final_model(home, context.run_id, model, weights, parsed,
+                                            settings, data))
+    log.info("Stored the final model of run %s (round %s) in %s", context.run_id,
+             stored["round"], home / str(stored["stored"]))
+    content = RecordDict({delivery.INFO_KEY: ConfigRecord(stored)})
     return Message(content=content, reply_to=msg)

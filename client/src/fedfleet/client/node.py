@@ -51,6 +51,7 @@ class JoinOptions:
 def supernode_command(opts: JoinOptions) -> list[str]:
     """Return the ``flower-supernode`` command line for ``opts``."""
     node_config = opts.node.to_node_config()
+    node_config += f" fedfleet-home={json.dumps(str(opts.home))}"  # final models kept here
     if opts.warm_trainer:
         node_config += f' trainer-socket="{opts.trainer_socket}"'
     cmd = [process.flower_executable("flower-supernode"),

@@ -28,10 +28,12 @@ from typing import Any
 import numpy as np
 
 from fedfleet.client import wire
+from fedfleet.client.final_model import reply_of, store_final_model
 from fedfleet.client.memory import release_startup_pages, resident_mb
 from fedfleet.client.nodedata import NodeData
 from fedfleet.client.training import LocalTrainer
 from fedfleet.shared import errors
+from fedfleet.shared.delivery import unpack_info
 from fedfleet.shared.process import peak_rss_mb
 from fedfleet.shared.settings import RunSettings
 
@@ -65,7 +67,7 @@ class TrainerPool:
 
 def handle(pool: TrainerPool, header: dict[str, Any], arrays: list[np.ndarray]
            ) -> tuple[dict[str, Any], list[np.ndarray]]:
-    """Serve one request: ``train`` or ``evaluate`` for a run on this device."""
+    """Serve one request: ``train``, ``evaluate`` or ``final_model`` for a run here."""
     settings = RunSettings.from_run_config(header["settings"])
     key = (int(header["run_id"]), NodeData.from_node_config(header["node"]))
     trainer = pool.get(*key)
@@ -76,6 +78,11 @@ def handle(pool: TrainerPool, header: dict[str, Any], arrays: list[np.ndarray]
             {"ok": True, "metrics": metrics}, weights)
     elif header["op"] == "evaluate":
         reply = {"ok": True, "metrics": trainer.evaluate(arrays, settings)}, []
+    elif header["op"] == "final_model":
+        entry = store_final_model(
+            Path(str(header["home"])), key[0], trainer.model(settings, arrays), arrays,
+            unpack_info(header["info"]), settings, key[1])
+        reply = {"ok": True, "metrics": reply_of(entry)}, []
     else:
         raise errors.ConfigError(f"unknown trainer operation {header['op']!r}")
     if key not in pool.warm:  # the model is built and traced: its start-up code is cold
@@ -142,8 +149,11 @@ def _exit_with_parent(server: socketserver.BaseServer, parent_pid: int) -> None:
 
 def call(socket_path: Path, op: str, run_id: int, settings: dict[str, Any],
          node: dict[str, Any], arrays: Sequence[np.ndarray], timeout: float,
-         proximal_mu: float = 0.0) -> tuple[dict[str, Any], list[np.ndarray]]:
+         proximal_mu: float = 0.0, extra: dict[str, Any] | None = None
+         ) -> tuple[dict[str, Any], list[np.ndarray]]:
     """Ask the worker to ``train`` or ``evaluate``; return its metrics and weights.
+
+    ``extra``: more header fields for the operation (``final_model``: ``home``, ``info``).
 
     Raises
     ------
@@ -156,8 +166,9 @@ def call(socket_path: Path, op: str, run_id: int, settings: dict[str, Any],
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
             sock.settimeout(timeout)
             sock.connect(str(socket_path))
-            wire.send(sock, {"op": op, "run_id": run_id, "settings": settings,
-                             "node": node, "proximal_mu": proximal_mu}, arrays)
+            wire.send(sock, {**(extra or {}), "op": op, "run_id": run_id,
+                             "settings": settings, "node": node,
+                             "proximal_mu": proximal_mu}, arrays)
             reply, out = wire.receive(sock)
     except (OSError, ConnectionError, ValueError) as err:
         raise WorkerUnavailable(f"trainer at {socket_path}: {err}") from err

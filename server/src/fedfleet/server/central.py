@@ -6,8 +6,8 @@ from typing import Any
 
 from flwr.app import ArrayRecord
 
-from fedfleet.server.record import CentralScores
 from fedfleet.shared.data import fit_to_shape, load_dataset
+from fedfleet.shared.runrecord import CentralScores
 from fedfleet.shared.settings import RunSettings
 
 

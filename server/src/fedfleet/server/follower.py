@@ -13,8 +13,8 @@ from pathlib import Path
 
 from fedfleet.server.control import Control
 from fedfleet.server.progress import RoundProgress, read_progress
-from fedfleet.server.record import RunRecord, read_record, round_line
 from fedfleet.shared.errors import FedfleetError
+from fedfleet.shared.runrecord import RunRecord, read_record, round_line
 
 
 @dataclass

@@ -47,12 +47,12 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, Message, MetricRecord, RecordDict
 from flwr.app.message.message import make_message
 
-from fedfleet.server.record import ErrorKind
 from fedfleet.server.validation import check_values, norm_outliers, update_norm
 from fedfleet.shared.compression import decode_update
 from fedfleet.shared.constants import ARRAYS_KEY, METRICS_KEY, NUM_EXAMPLES_KEY
 from fedfleet.shared.errors import FedfleetError, ModelMismatchError
 from fedfleet.shared.npy import read_npy
+from fedfleet.shared.runrecord import ErrorKind
 from fedfleet.shared.weights import WeightSpec, check_weights
 
 NUMPY_STYPE = "numpy.ndarray"

@@ -18,11 +18,11 @@ from fedfleet.server.authorized_keys import register_authorized_keys
 from fedfleet.server.control import Control
 from fedfleet.server.follower import RunFollower
 from fedfleet.server.live import LiveView
-from fedfleet.server.record import summary
 from fedfleet.server.resume import continuation, find_interrupted
 from fedfleet.server.superlink import ServerOptions, start_superlink
 from fedfleet.shared import process
 from fedfleet.shared.errors import FedfleetError
+from fedfleet.shared.runrecord import summary
 from fedfleet.shared.settings import RunSettings
 
 Echo = Callable[[str], None]

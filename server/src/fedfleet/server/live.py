@@ -13,7 +13,7 @@ import time
 from typing import TextIO
 
 from fedfleet.server.progress import RoundProgress
-from fedfleet.server.record import RoundRow, RunRecord
+from fedfleet.shared.runrecord import RoundRow, RunRecord
 
 TABLE_ROUNDS = 12
 """Finished rounds shown in the table (the newest)."""

@@ -17,7 +17,9 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from fedfleet.server.intake import EvalScore, IntakeResult
-from fedfleet.server.record import (
+from fedfleet.server.run_files import RunFiles
+from fedfleet.shared.constants import NUM_EXAMPLES_KEY
+from fedfleet.shared.runrecord import (
     CentralScores,
     ClientRow,
     ErrorRow,
@@ -29,8 +31,6 @@ from fedfleet.server.record import (
     new_record,
     round_line,
 )
-from fedfleet.server.run_files import RunFiles
-from fedfleet.shared.constants import NUM_EXAMPLES_KEY
 
 log = logging.getLogger("fedfleet")
 

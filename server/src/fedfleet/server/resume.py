@@ -24,9 +24,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from fedfleet.server.record import RunRecord, read_record
 from fedfleet.server.run_files import RunFiles, checkpoint_path, state_path
 from fedfleet.shared.atomic import copy_atomic, save_atomic
+from fedfleet.shared.runrecord import RunRecord, read_record
 from fedfleet.shared.settings import RunSettings, Scalar
 
 if TYPE_CHECKING:

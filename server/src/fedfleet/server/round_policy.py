@@ -20,8 +20,8 @@ from dataclasses import dataclass
 
 from flwr.serverapp import Grid
 
-from fedfleet.server.record import RoundRow
 from fedfleet.shared.errors import FedfleetError
+from fedfleet.shared.runrecord import RoundRow
 from fedfleet.shared.settings import RunSettings
 
 log = logging.getLogger("fedfleet")

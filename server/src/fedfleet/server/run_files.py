@@ -11,9 +11,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from fedfleet.server.record import CSV_COLUMNS, RunRecord
 from fedfleet.shared.atomic import save_atomic, write_atomic
 from fedfleet.shared.constants import CHECKPOINT_DIR, FINAL_MODEL, METRICS_CSV, METRICS_JSON
+from fedfleet.shared.runrecord import CSV_COLUMNS, RunRecord
 
 
 class RunFiles:

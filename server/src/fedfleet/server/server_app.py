@@ -4,7 +4,7 @@ It puts the run's parts together (see docs/architecture.md): the model, the run
 record and its files, the reply intake, the weight codec, the round policy and the
 chosen Flower strategy inside :class:`~fedfleet.server.wrapper.FedfleetStrategy`;
 continues an interrupted run when asked; runs the rounds on a grid that closes them
-promptly; and saves the final model.
+promptly; saves the final model and sends it home to every device that trained.
 """
 
 from __future__ import annotations
@@ -18,25 +18,31 @@ from flwr.serverapp import Grid, ServerApp
 
 from fedfleet.server.central import CentralEvaluator
 from fedfleet.server.codec import WeightCodec
+from fedfleet.server.delivery import deliver_final_model
 from fedfleet.server.grid import PromptGrid
 from fedfleet.server.intake import Intake, IntakeLimits
 from fedfleet.server.progress import ProgressFile
-from fedfleet.server.record import RunInfo
 from fedfleet.server.recorder import RunRecorder
 from fedfleet.server.resume import continue_run, resume_point
 from fedfleet.server.round_policy import RoundPolicy
 from fedfleet.server.run_files import RunFiles
 from fedfleet.server.strategies import make_strategy
+from fedfleet.server.watch import RunWatch
 from fedfleet.server.wrapper import FedfleetStrategy
 from fedfleet.shared.errors import FedfleetError
 from fedfleet.shared.logs import get_logger
 from fedfleet.shared.models import build_model
+from fedfleet.shared.runrecord import RunInfo
 from fedfleet.shared.settings import RunSettings
 from fedfleet.shared.weights import specs_of
 
 log = get_logger()
 
 app = ServerApp()
+
+FINAL_MODEL_TIMEOUT = 120.0
+"""Seconds the devices get to store the final model (a ClientApp start and a TFLite
+conversion); a device that does not answer by then is recorded as such."""
 
 
 @app.main()
@@ -58,6 +64,9 @@ def main(grid: Grid, context: Context) -> None:
                      "model_bytes": int(sum(w.nbytes for w in weights))}
     recorder = RunRecorder(files, info)
     progress = ProgressFile(files.directory if files else None, settings.num_rounds)
+    watch = RunWatch(files.directory if files else None,
+                     Path(settings.tensorboard) / f"run-{context.run_id}"
+                     if settings.tensorboard else None)
     try:
         strategy = FedfleetStrategy(
             make_strategy(settings),
@@ -66,7 +75,7 @@ def main(grid: Grid, context: Context) -> None:
                 settings.max_update_norm_ratio)),
             codec=WeightCodec(specs, settings.compression),
             recorder=recorder, policy=RoundPolicy.of(settings), model=model,
-            progress=progress)
+            progress=progress, watch=watch)
         if settings.resume_from:
             point = resume_point(Path(settings.resume_from))
             if point is None:
@@ -85,12 +94,20 @@ def main(grid: Grid, context: Context) -> None:
     except FedfleetError as err:
         log.error("Run failed: %s", err)
         recorder.finish("failed", str(err))
+        watch.run_done(recorder.record)
         raise
     except Exception as err:
         recorder.finish("failed", f"{type(err).__name__}: {err}")
+        watch.run_done(recorder.record)
         raise
-    if len(result.arrays) and files is not None:
-        model.set_weights(result.arrays.to_numpy_ndarrays())
-        files.save_model(model, files.final_model)
+    final = None
+    if len(result.arrays):
+        if files is not None:
+            model.set_weights(result.arrays.to_numpy_ndarrays())
+            final = files.final_model
+            files.save_model(model, final)
+        deliver_final_model(grid, recorder, result.arrays,
+                            min(settings.round_timeout, FINAL_MODEL_TIMEOUT))
     recorder.finish("completed")
+    watch.run_done(recorder.record, final)
     log.info("Run %s completed", context.run_id)

@@ -14,7 +14,8 @@ fedfleet round needs; aggregation itself stays the inner strategy's:
 3. ``configure_evaluate`` / ``aggregate_evaluate``: the same for Flower's separate
    evaluate message, when the round policy asks for one.
 4. :meth:`round_end` (Flower's ``evaluate_fn``, called after each round): test-set
-   scores, checkpoint, strategy state, the round's row, then the round policy's check.
+   scores, checkpoint, strategy state, the round's row, plots/registry/TensorBoard
+   (:mod:`~fedfleet.server.watch`), then the round policy's check.
 
 Round numbers: Flower counts this process's rounds from 1; a continuation of an
 interrupted run starts after ``offset`` rounds. Everything here and below works in
@@ -35,10 +36,11 @@ from flwr.serverapp.strategy import Strategy
 from fedfleet.server.codec import WeightCodec
 from fedfleet.server.intake import Intake
 from fedfleet.server.progress import ProgressFile
-from fedfleet.server.record import CentralScores
 from fedfleet.server.recorder import RunRecorder
 from fedfleet.server.resume import save_strategy_state
 from fedfleet.server.round_policy import RoundPolicy
+from fedfleet.server.watch import RunWatch
+from fedfleet.shared.runrecord import CentralScores
 
 Evaluate = Callable[[ArrayRecord], CentralScores | None]
 RoundEnd = Callable[[int, ArrayRecord], MetricRecord | None]
@@ -49,12 +51,15 @@ class FedfleetStrategy(Strategy):
 
     def __init__(self, inner: Strategy, *, intake: Intake, codec: WeightCodec,
                  recorder: RunRecorder, policy: RoundPolicy, model: Any,
-                 progress: ProgressFile | None = None) -> None:
+                 progress: ProgressFile | None = None, watch: RunWatch | None = None
+                 ) -> None:
         """Wrap ``inner``; ``model`` (Keras) is used to write checkpoints.
 
-        ``progress`` (shared with the grid) learns which replies the intake refused.
+        ``progress`` (shared with the grid) learns which replies the intake refused;
+        ``watch`` keeps plots, registry and TensorBoard current after every round.
         """
         self.inner = inner
+        self.watch = watch or RunWatch(None)
         self.progress = progress or ProgressFile(None, policy.num_rounds)
         self.intake = intake
         self.codec = codec
@@ -123,6 +128,7 @@ class FedfleetStrategy(Strategy):
             if server_round == 0:
                 if not self.offset:  # a continuation keeps the first run's scores
                     self.recorder.initial(central)
+                    self.watch.initial(self.recorder.record)
             else:
                 self._end_round(self.offset + server_round, arrays, central)
             if central is None:
@@ -142,6 +148,7 @@ class FedfleetStrategy(Strategy):
             files.save_model(self.model, checkpoint)
             save_strategy_state(self.inner, files.state(run_round))
         row = self.recorder.end_round(central, checkpoint)
+        self.watch.round_done(self.recorder.record, checkpoint)
         self.policy.check(row)
 
     def _outgoing(self, messages: Iterable[Message], arrays: ArrayRecord

@@ -60,6 +60,8 @@ MISSING_HINTS = {
     "runs": "install the server package (pip install fedfleet-server)",
     "status": "install the server package (pip install fedfleet-server)",
     "join": "install the client package (pip install fedfleet-client)",
+    "report": "install the server package (pip install fedfleet-server)",
+    "export": "install the server package (pip install fedfleet-server)",
 }
 
 

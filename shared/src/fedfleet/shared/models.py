@@ -1,29 +1,38 @@
-"""Keras model builders, chosen by name or given as ``module:function``."""
+"""Keras model builders, chosen by name or given as ``module:function``.
+
+Keras is imported when a model is built, not when this module is: the command line
+(``fedfleet --help``, option checks) resolves builders without loading TensorFlow.
+"""
 
 from __future__ import annotations
 
 import importlib
 import os
 from collections.abc import Callable, Sequence
+from typing import Any
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+from fedfleet.shared.errors import ConfigError
 
-import keras  # noqa: E402  (after the log-level variable)
-from keras import layers  # noqa: E402
-
-from fedfleet.shared.errors import ConfigError  # noqa: E402
-
-ModelBuilder = Callable[[tuple[int, ...], int], keras.Model]
+ModelBuilder = Callable[[tuple[int, ...], int], Any]
 """A function ``(input_shape, num_classes) -> uncompiled keras.Model`` ending in softmax."""
 
 
-def cnn(input_shape: tuple[int, ...], num_classes: int) -> keras.Model:
+def _keras() -> Any:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    import keras
+
+    return keras
+
+
+def cnn(input_shape: tuple[int, ...], num_classes: int) -> Any:
     """Small CNN for images shaped (H, W, C); ``same`` padding keeps 8x8 inputs valid."""
     if len(input_shape) != 3:
         raise ConfigError(
             f"model 'cnn' needs image input (height,width,channels), got {input_shape}; "
             "use model 'mlp' for flat feature vectors"
         )
+    keras = _keras()
+    layers = keras.layers
     return keras.Sequential(
         [
             keras.Input(shape=input_shape),
@@ -39,8 +48,10 @@ def cnn(input_shape: tuple[int, ...], num_classes: int) -> keras.Model:
     )
 
 
-def mlp(input_shape: tuple[int, ...], num_classes: int) -> keras.Model:
+def mlp(input_shape: tuple[int, ...], num_classes: int) -> Any:
     """Multi-layer perceptron for tabular rows; any input shape is flattened first."""
+    keras = _keras()
+    layers = keras.layers
     return keras.Sequential(
         [
             keras.Input(shape=input_shape),
@@ -91,8 +102,9 @@ def build_model(
     input_shape: Sequence[int],
     num_classes: int,
     learning_rate: float = 0.005,
-) -> keras.Model:
+) -> Any:
     """Build and compile the model ``name`` (Adam, sparse cross-entropy, accuracy)."""
+    keras = _keras()
     if num_classes < 2:
         raise ConfigError(f"num-classes must be at least 2, got {num_classes}")
     model = resolve_builder(name)(tuple(int(d) for d in input_shape), int(num_classes))

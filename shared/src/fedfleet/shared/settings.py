@@ -89,6 +89,7 @@ class RunSettings:
     eval_fraction: float = 0.2
     eval_data: str = DEFAULT_DATASET
     output_dir: str = ""
+    tensorboard: str = ""  # folder for TensorBoard event files (one run-<id> per run)
     round_timeout: float = 300.0
     round_quorum: float = 0.5
     round_grace: float = 1.0

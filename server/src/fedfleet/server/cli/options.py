@@ -105,6 +105,9 @@ RUN_OPTIONS: list[Callable[[Any], Any]] = [
                  help="After the quorum, wait this many times as long again as the "
                       "quorum took (at least 10 s) for the other clients, then close "
                       "the round."),
+    click.option("--tensorboard", type=DIR, default=None,
+                 help="Also write every round's scalars as TensorBoard event files under "
+                      "DIR/run-<id> (view: tensorboard --logdir DIR)."),
     click.option("--client-wait-timeout", type=click.FloatRange(min=1),
                  default=D.client_wait_timeout, show_default=True,
                  help="Seconds to wait for --min-clients before giving up."),
@@ -124,6 +127,8 @@ def settings_from(options: dict[str, Any], output_dir: Path) -> RunSettings:
               if k in RunSettings.__dataclass_fields__}
     values["num_rounds"] = options.pop("rounds")
     values["strategy_params"] = ",".join(options.pop("strategy_param") or ())
+    tensorboard = values.pop("tensorboard", None)
+    values["tensorboard"] = str(tensorboard.resolve()) if tensorboard else ""
     return plan_run(values, output_dir)
 
 

@@ -18,7 +18,7 @@ from fedfleet.server.cli.options import (
     settings_from,
 )
 from fedfleet.server.lifecycle import submit_and_follow
-from fedfleet.server.record import read_record, round_line
+from fedfleet.shared.runrecord import read_record, round_line
 
 
 @click.command("run")

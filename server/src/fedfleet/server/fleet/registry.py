@@ -25,8 +25,8 @@ import docker
 import docker.errors
 
 from fedfleet.server.control import Control
-from fedfleet.server.record import read_record
 from fedfleet.shared.errors import FedfleetError
+from fedfleet.shared.runrecord import read_record
 
 NODES_TTL = 2.0
 """Seconds a node list is reused: parallel devices share one Control API call."""

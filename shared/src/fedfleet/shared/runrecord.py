@@ -116,6 +116,8 @@ class RunRecord(TypedDict, total=False):
     error: str
     finished_at: float
     continued_by: int
+    final_model_delivery: dict[str, str]
+    """Node ID -> what the device did with the final model (stored, failed, silent)."""
 
 
 CSV_COLUMNS = (
