@@ -56,7 +56,9 @@ VERSION_LABEL, HASH_LABEL = f"{LABEL}.version", f"{LABEL}.inventory-hash"
 NODE_LABEL, IMAGE_LABEL = f"{LABEL}.node-id", f"{LABEL}.image"
 KEY_DIR = "/run/secrets/fedfleet"
 DATA_DIR = "/data"
-CLIENT_HOME = "/app/.fedfleet/client"
+HOME_DIR = "/app/.fedfleet"
+"""Where the client image keeps the device's fedfleet home (a volume of its own)."""
+CLIENT_HOME = f"{HOME_DIR}/client"
 APP_UID = 49999
 PREVIOUS_TAG = "fedfleet-previous"
 ENGINE_FORMAT = 1
@@ -372,7 +374,9 @@ class DeviceEngine:
         spec = self.spec
         data = spec.data
         mounts = [Mount(target=KEY_DIR, source=spec.key_volume, type="volume",
-                        read_only=True)]
+                        read_only=True),
+                  Mount(target=HOME_DIR, source=spec.home_volume, type="volume",
+                        labels={DEVICE_LABEL: spec.name, ROLE_LABEL: "home"})]
         if setup.data_kind in ("dir", "file"):
             inside = DATA_DIR if setup.data_kind == "dir" else \
                 f"{DATA_DIR}/{spec.data.rstrip('/').rsplit('/', 1)[-1]}"
@@ -649,7 +653,7 @@ class DeviceEngine:
         return row
 
     def remove(self) -> Outcome:
-        """Stop and remove the client container, revoke its node, remove the key volume.
+        """Stop and remove the client container, revoke its node, remove its volumes.
 
         Raises
         ------
@@ -688,14 +692,18 @@ class DeviceEngine:
         if volume is not None:
             volume.remove(force=True)
             done.append("key volume removed")
+        home = self._volume(spec.home_volume)
+        if home is not None:
+            home.remove(force=True)
+            done.append("home volume removed (with the models the device received)")
         if not done:
             return Outcome(spec.name, True, False, "nothing to remove",
                            time.monotonic() - started)
         return Outcome(spec.name, True, True, "; ".join(done), time.monotonic() - started)
 
-    def _volume(self) -> Any:
+    def _volume(self, name: str | None = None) -> Any:
         try:
-            return self.client.volumes.get(self.spec.key_volume)
+            return self.client.volumes.get(name or self.spec.key_volume)
         except docker.errors.NotFound:
             return None
 

@@ -105,6 +105,15 @@ class DeviceSpec:
         """Return the name of the volume holding the node key, its ID and ca.crt."""
         return f"fedfleet-{self.name}-key"
 
+    @property
+    def home_volume(self) -> str:
+        """Return the name of the volume holding the device's fedfleet home.
+
+        The node's Flower state and the final models the server sent home live there,
+        so they survive an update (a new container).
+        """
+        return f"fedfleet-{self.name}-home"
+
 
 @dataclass(frozen=True)
 class ServerSpec:
