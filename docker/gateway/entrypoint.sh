@@ -9,8 +9,8 @@ set -eu
 UPSTREAM=${FEDFLEET_GATEWAY_UPSTREAM:-server:8000}     # the SuperLink, host:port
 LISTEN=${FEDFLEET_GATEWAY_LISTEN:-8000}                 # [address:]port for devices
 CONNECTIONS=${FEDFLEET_GATEWAY_CONNECTIONS_PER_ADDRESS:-32}
-RATE=${FEDFLEET_GATEWAY_RATE_PER_ADDRESS:-20}           # requests per second
-BURST=${FEDFLEET_GATEWAY_BURST_PER_ADDRESS:-300}        # requests served at once
+RATE=${FEDFLEET_GATEWAY_RATE_PER_ADDRESS:-50}           # requests per second
+BURST=${FEDFLEET_GATEWAY_BURST_PER_ADDRESS:-1000}       # requests served at once
 MAX_BODY=${FEDFLEET_GATEWAY_MAX_BODY:-6m}               # push-object body limit
 RESOLVE_EVERY=${FEDFLEET_GATEWAY_RESOLVE_EVERY:-5}      # seconds
 CONF=/tmp/nginx.conf
@@ -26,9 +26,9 @@ check FEDFLEET_GATEWAY_LISTEN "$LISTEN" '([0-9.]+:|\[[0-9a-fA-F:.]+\]:)?[0-9]{1,
 check FEDFLEET_GATEWAY_CONNECTIONS_PER_ADDRESS "$CONNECTIONS" '[1-9][0-9]{0,5}' \
     "give a whole number of connections, e.g. 32"
 check FEDFLEET_GATEWAY_RATE_PER_ADDRESS "$RATE" '[1-9][0-9]{0,5}' \
-    "give a whole number of requests per second, e.g. 20"
+    "give a whole number of requests per second, e.g. 50"
 check FEDFLEET_GATEWAY_BURST_PER_ADDRESS "$BURST" '[0-9]{1,6}' \
-    "give a whole number of requests, e.g. 300"
+    "give a whole number of requests, e.g. 1000"
 check FEDFLEET_GATEWAY_MAX_BODY "$MAX_BODY" '[1-9][0-9]{0,9}[kKmM]?' \
     "give a size in nginx syntax, e.g. 6m"
 check FEDFLEET_GATEWAY_RESOLVE_EVERY "$RESOLVE_EVERY" '[1-9][0-9]{0,4}' \
