@@ -452,7 +452,6 @@ class Result:
 
 
 STATUS = re.compile(rb"HTTP/1\.[01] (\d{3})")
-STATUS_LINE = re.compile(rb"(?:^|\n)HTTP/1\.[01] (\d{3})")
 
 
 def _connect(tls: bool, alpn: list[str] | None, timeout: float) -> socket.socket:
@@ -465,89 +464,109 @@ def _connect(tls: bool, alpn: list[str] | None, timeout: float) -> socket.socket
     return context.wrap_socket(sock, server_hostname=HOST)
 
 
-def _complete_responses(data: bytes) -> int:
-    """Count complete HTTP responses (status line, headers, Content-Length body)."""
-    count, pos = 0, 0
-    while True:
-        match = STATUS.search(data, pos)
-        if match is None:
-            return count
-        end = data.find(b"\r\n\r\n", match.start())
+def parse_responses(data: bytes) -> tuple[list[int], int]:
+    """Return the status of each response in ``data`` and how many are complete.
+
+    Responses follow each other directly (a body need not end in a newline), so they
+    are walked one after another by Content-Length. HTTP/0.9 answers have no status.
+    """
+    statuses, complete, pos = [], 0, 0
+    while match := STATUS.match(data, pos):
+        statuses.append(int(match.group(1)))
+        end = data.find(b"\r\n\r\n", pos)
         if end < 0:
-            return count
-        head = data[match.start():end].lower()
-        length = re.search(rb"\r\ncontent-length: *(\d+)", head)
-        body_end = end + 4 + (int(length.group(1)) if length else 0)
-        if len(data) < body_end:
-            return count
-        count, pos = count + 1, body_end
+            break
+        length = re.search(rb"\r\ncontent-length: *(\d+)", data[pos:end].lower())
+        pos = end + 4 + (int(length.group(1)) if length else 0)
+        if len(data) < pos:
+            break
+        complete += 1
+    return statuses, complete
+
+
+class _Connection:
+    """One connection to the gateway; keeps what it answered and whether it closed."""
+
+    def __init__(self, case: Case) -> None:
+        self.sock = _connect(case.tls, case.alpn, 10.0)
+        self.alpn = self.sock.selected_alpn_protocol() if case.tls else None  # type: ignore[union-attr]
+        self.data = b""
+        self.closed = False
+        self.error = ""
+
+    def read(self, wait: float) -> bool:
+        """Read what arrives within ``wait`` seconds; return True if anything did."""
+        self.sock.settimeout(wait)
+        try:
+            chunk = self.sock.recv(65536)
+        except (TimeoutError, BlockingIOError, ssl.SSLWantReadError):
+            return False
+        except OSError as err:  # reset
+            self.error = self.error or f"recv: {err}"
+            self.closed = True
+            return False
+        if not chunk:
+            self.closed = True
+            return False
+        self.data += chunk
+        return True
+
+    def send(self, piece: bytes) -> bool:
+        """Send ``piece``; return False if the gateway has closed the connection."""
+        try:
+            self.sock.sendall(piece)
+        except OSError as err:
+            self.error = f"send: {err}"
+            return False
+        while self.read(0.01):  # collect an early answer, notice a close
+            pass
+        return not self.closed
 
 
 def run_case(case: Case) -> Result:
     """Send one case on its own connection; read until closed, complete or timed out."""
     result = Result(case.name, time.time())
     started = time.monotonic()
-    data = b""
+    conn = None
     try:
         payload = case.build(case.name.replace(" ", "-")[:60])
         pieces = payload if isinstance(payload, list) else [(0.0, payload)]
-        sock = _connect(case.tls, case.alpn, 10.0)
-        result.alpn = sock.selected_alpn_protocol() if case.tls else None  # type: ignore[union-attr]
-        with sock:
-            for delay, piece in pieces:
-                if delay:
-                    time.sleep(delay)
-                try:
-                    if piece:
-                        sock.sendall(piece)
-                except OSError as err:  # the gateway closed on us: read what it said
-                    result.error = f"send: {err}"
-                    break
-                if _peek_closed(sock):
-                    break
-            deadline = started + case.timeout
-            quiet_since = time.monotonic()
-            while time.monotonic() < deadline:
-                sock.settimeout(0.2)
-                try:
-                    chunk = sock.recv(65536)
-                except TimeoutError:
-                    if _complete_responses(data) >= case.responses:
-                        break
-                    if data and time.monotonic() - quiet_since > 1.5:
-                        break
-                    continue
-                except OSError as err:  # reset
-                    result.error = result.error or f"recv: {err}"
-                    result.closed = True
-                    break
-                if not chunk:
-                    result.closed = True
-                    break
-                data += chunk
+        conn = _Connection(case)
+        result.alpn = conn.alpn
+        for delay, piece in pieces:
+            if delay and not _wait_open(conn, delay):
+                break
+            if piece and not conn.send(piece):
+                break
+        quiet_since = time.monotonic()
+        while not conn.closed and time.monotonic() < started + case.timeout:
+            if conn.read(0.2):
                 quiet_since = time.monotonic()
+            elif parse_responses(conn.data)[1] >= case.responses or (
+                    conn.data and time.monotonic() - quiet_since > 1.5):
+                break
     except OSError as err:
-        result.error = result.error or f"{type(err).__name__}: {err}"
+        result.error = f"{type(err).__name__}: {err}"
         result.closed = True
+    data = b""
+    if conn is not None:
+        conn.sock.close()
+        data, result.closed = conn.data, conn.closed or result.closed
+        result.error = result.error or conn.error
     if result.closed:
         result.closed_after = round(time.monotonic() - started, 2)
-    result.statuses = [int(code) for code in STATUS_LINE.findall(data)]
+    result.statuses = parse_responses(data)[0]
     result.first_line = data[:120].decode("latin-1").split("\r\n")[0]
     result.end = time.time()
     return result
 
 
-def _peek_closed(sock: socket.socket) -> bool:
-    """Return True if the gateway already closed the connection (EOF or reset)."""
-    sock.settimeout(0.0)
-    try:
-        return sock.recv(1, socket.MSG_PEEK) == b""
-    except (BlockingIOError, ssl.SSLWantReadError, TimeoutError):
-        return False
-    except (OSError, ValueError):
-        return True
-    finally:
-        sock.settimeout(10.0)
+def _wait_open(conn: _Connection, seconds: float) -> bool:
+    """Wait ``seconds`` reading; return False as soon as the gateway closes."""
+    until = time.monotonic() + seconds
+    while time.monotonic() < until and not conn.closed:
+        conn.read(max(0.01, min(0.2, until - time.monotonic())))
+    return not conn.closed
 
 
 def attacks() -> list[dict[str, Any]]:
