@@ -219,9 +219,15 @@ class Attacks:
     runs: tuple[set[str], set[str]]
 
     def saw_during(self, name: str) -> list[str]:
-        result = self.results[name]
-        return [s.request for s in self.seen
-                if result["start"] - 0.01 <= s.time <= result["end"] + 0.01]
+        """Return what the SuperLink saw from the case's start until the next case's.
+
+        Until the next one starts, not just until the answer came: a request smuggled
+        behind the first reaches the SuperLink after the attacker got its answer.
+        """
+        start = self.results[name]["start"]
+        later = [r["start"] for r in self.results.values() if r["start"] > start + 0.05]
+        until = max(self.results[name]["end"], min(later, default=float("inf")))
+        return [s.request for s in self.seen if start - 0.01 <= s.time < until]
 
 
 @pytest.fixture(scope="module")
