@@ -33,7 +33,7 @@ from typing import Any
 
 import pytest
 from gateway_probe import CASES, REFUSED, Case
-from test_compose import _compose, _free_port, docker_ok, images  # noqa: F401
+from test_compose import _compose, docker_ok, images  # noqa: F401
 
 pytestmark = pytest.mark.docker
 
@@ -145,6 +145,12 @@ class Edge:
             return 0
         match = re.match(rb"HTTP/1\.1 (\d{3})", head)
         return int(match.group(1)) if match else 0
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 def _epoch(stamp: str) -> float:
