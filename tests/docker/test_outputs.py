@@ -17,8 +17,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from dockerkit import compose
 from ports import free_port
-from test_compose import _compose, docker_ok, images  # noqa: F401
 
 pytestmark = pytest.mark.docker
 
@@ -48,7 +48,7 @@ def user_outputs(images: None) -> Iterator[tuple[str, dict[str, str], Path]]:  #
     try:
         yield project, env, outputs
     finally:
-        _compose(project, env, "down", "--volumes", "--remove-orphans", "--timeout", "10",
+        compose(project, env, "down", "--volumes", "--remove-orphans", "--timeout", "10",
                  timeout=300)
         shutil.rmtree(base, ignore_errors=True)
 
@@ -57,12 +57,12 @@ def test_the_host_user_can_edit_and_delete_a_run(
         user_outputs: tuple[str, dict[str, str], Path]) -> None:
     """Files written by UID 49999; the host user reads, edits and removes them all."""
     project, env, outputs = user_outputs
-    up = _compose(project, env, "up", "--detach", "--no-build", timeout=600)
+    up = compose(project, env, "up", "--detach", "--no-build", timeout=600)
     assert up.returncode == 0, up.stderr
     deadline = time.monotonic() + 600
     record: dict[str, object] = {}
     while record.get("status") != "completed":
-        assert time.monotonic() < deadline, _compose(project, env, "logs").stdout[-4000:]
+        assert time.monotonic() < deadline, compose(project, env, "logs").stdout[-4000:]
         time.sleep(3)
         found = list(outputs.glob("run-*/metrics.json"))
         if found and (found[0].parent / "final_model.keras").exists():
@@ -70,7 +70,7 @@ def test_the_host_user_can_edit_and_delete_a_run(
                 record = json.loads(found[0].read_text())
             except json.JSONDecodeError:
                 continue
-    init = _compose(project, env, "logs", "--no-color", "outputs-init", timeout=60).stdout
+    init = compose(project, env, "logs", "--no-color", "outputs-init", timeout=60).stdout
     assert f"owned by UID {HOST_UID} (host owner)" in init, init
     run_dir = next(outputs.glob("run-*"))
     metrics = run_dir / "metrics.json"
