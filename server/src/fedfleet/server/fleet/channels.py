@@ -23,7 +23,7 @@ import socket
 import subprocess
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import docker
 import docker.errors
@@ -36,6 +36,9 @@ from docker.transport.basehttpadapter import BaseHTTPAdapter
 
 from fedfleet.server.fleet.inventory import Endpoint, SshOptions
 from fedfleet.shared.errors import FedfleetError
+
+if TYPE_CHECKING:
+    from _typeshed import ReadableBuffer
 
 API_FLOOR = "1.24"
 """API version used only for the first ``/version`` call; then the daemon's own."""
@@ -190,7 +193,8 @@ class _SshSocket(socket.socket):
         self.proc: subprocess.Popen[bytes] | None = None
         self.drain: threading.Thread | None = None
 
-    def connect(self) -> None:  # type: ignore[override]
+    def connect(self, address: object = None, /) -> None:
+        """Start the ssh process (``address`` is unused: the command says where)."""
         self.proc = subprocess.Popen(self.command, stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                      bufsize=0, start_new_session=True)
@@ -204,13 +208,15 @@ class _SshSocket(socket.socket):
             if line:
                 self.on_error(line)
 
-    def sendall(self, data: bytes, flags: int = 0) -> None:  # type: ignore[override]
+    def sendall(self, data: ReadableBuffer, flags: int = 0, /) -> None:
+        """Write all of ``data`` to the ssh process."""
         self.send(data)
 
-    def send(self, data: bytes, flags: int = 0) -> int:  # type: ignore[override]
+    def send(self, data: ReadableBuffer, flags: int = 0, /) -> int:
+        """Write ``data`` to the ssh process; return how many bytes."""
         assert self.proc is not None and self.proc.stdin is not None
         try:
-            written = self.proc.stdin.write(data)
+            written = self.proc.stdin.write(bytes(data))
             self.proc.stdin.flush()
         except (BrokenPipeError, ValueError) as err:
             raise ConnectionError(f"ssh exited: {self.last_error()}") from err
@@ -224,9 +230,7 @@ class _SshSocket(socket.socket):
         """Return a reader for one HTTP response; closing it keeps the connection."""
         if self.proc is None:
             self.connect()
-        reader = io.BufferedReader(_PipeReader(self))
-        reader.channel = self  # type: ignore[attr-defined]  # docker's raw-stream lookup
-        return reader
+        return _ResponseReader(self)
 
     def last_error(self) -> str:
         return self.errors[-1] if self.errors else "no output"
@@ -245,6 +249,17 @@ class _SshSocket(socket.socket):
             self.proc.wait(timeout=5)
         except subprocess.TimeoutExpired:
             self.proc.kill()
+
+
+class _ResponseReader(io.BufferedReader):
+    """A buffered reader of the ssh process's output that names its socket.
+
+    docker's raw-stream code looks for the socket as ``response.raw._fp.fp.channel``.
+    """
+
+    def __init__(self, channel: _SshSocket) -> None:
+        super().__init__(_PipeReader(channel))
+        self.channel = channel
 
 
 class _PipeReader(io.RawIOBase):
@@ -302,7 +317,7 @@ class _SshPool(urllib3.connectionpool.HTTPConnectionPool):
         return conn or self._new_conn()
 
 
-class SshAdapter(BaseHTTPAdapter):  # type: ignore[misc]
+class SshAdapter(BaseHTTPAdapter):  # type: ignore[misc]  # docker ships no type hints
     """``requests`` transport: HTTP to the device's Docker over ssh + dial-stdio."""
 
     def __init__(self, command: list[str], timeout: float, maxsize: int = 4) -> None:
