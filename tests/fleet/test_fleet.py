@@ -222,7 +222,10 @@ def test_deploy_puts_both_devices_online_and_a_second_deploy_changes_nothing(
                 and "tls" not in p.parts and "operator" not in p.parts]
     remote = site.device.client().containers.get("fedfleet-edge-tls")
     assert remote.attrs["HostConfig"]["RestartPolicy"]["Name"] == "unless-stopped"
-    assert all(m["RW"] is False for m in remote.attrs["Mounts"])
+    # Data and keys are read-only; only the device's fedfleet home (received models) is not.
+    writable = [m for m in remote.attrs["Mounts"] if m["RW"]]
+    assert [(m["Name"], m["Destination"]) for m in writable] == [
+        ("fedfleet-edge-tls-home", "/app/.fedfleet")]
     assert remote.labels["org.fedfleet.device"] == "edge-tls"
     assert remote.image.id == docker.from_env().images.get(IMAGE).id
 

@@ -69,6 +69,38 @@ def test_image_names_and_architectures() -> None:
     assert split_ref("host:5000/a/b:2") == ("host:5000/a/b", "2")
 
 
+def test_a_save_that_stalls_blames_this_machine_and_uses_its_own_long_timeout() -> None:
+    """A stalled ``docker save`` is this machine's fault, not the device's disk.
+
+    The save is silent while it exports, so its stream gets its own long timeout.
+    """
+    import requests
+
+    timeouts: list[float] = []
+
+    class Api:
+        def get_image(self, ref: str, chunk_size: int) -> object:
+            yield b"x" * 10
+            raise requests.exceptions.ConnectionError("read timed out")
+
+    class Client:
+        api = Api()
+        closed = False
+
+        def close(self) -> None:
+            Client.closed = True
+
+    def connect(timeout: float) -> Client:
+        timeouts.append(timeout)
+        return Client()
+
+    stream = LocalImages(connect).save("fedfleet-client:0.1.0")  # type: ignore[arg-type]
+    assert next(stream) == b"x" * 10
+    with pytest.raises(FedfleetError, match="this machine's Docker stopped sending"):
+        next(stream)
+    assert timeouts == [1800.0] and Client.closed
+
+
 def test_last_round_per_node_from_the_run_records(tmp_path: Path) -> None:
     """The newest round each node sent a training reply for, across runs."""
     def record(run_id: int, started: float, rounds: list[list[str]]) -> None:
@@ -116,7 +148,7 @@ def _engine(tmp_path: Path, **spec: object) -> DeviceEngine:
                         image="fedfleet-client:0.1.0", **spec)  # type: ignore[arg-type]
     fleet = Fleet(server=ServerSpec(address="10.0.0.1:8000", ca=tmp_path / "ca.crt"),
                   ca_pem=b"CA", registry=None,  # type: ignore[arg-type]
-                  local=LocalImages(lambda: None))
+                  local=LocalImages(lambda timeout: None))
     return DeviceEngine(None, device, fleet)
 
 

@@ -55,7 +55,7 @@ def _registry(inventory: Inventory, state_dir: Path) -> NodeRegistry:
 
 @contextmanager
 def _fleet(inventory: Inventory, state_dir: Path, **options: Any) -> Iterator[Fleet]:
-    local = LocalImages(lambda: connect(LOCAL))
+    local = LocalImages(lambda timeout: connect(LOCAL, timeout))
     try:
         yield Fleet(server=inventory.server, ca_pem=inventory.server.ca.read_bytes(),
                     registry=_registry(inventory, state_dir), local=local, **options)

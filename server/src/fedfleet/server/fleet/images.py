@@ -20,6 +20,9 @@ import requests
 from fedfleet.shared.errors import FedfleetError
 
 CHUNK = 1 << 20
+SAVE_TIMEOUT = 1800.0
+"""Seconds this machine's Docker may stay silent during ``docker save``: it exports every
+layer before the first byte, which takes minutes for a 2 GB image on a busy disk."""
 ARCHES = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64",
           "armv7l": "arm", "armv6l": "arm", "arm": "arm", "i686": "386", "i386": "386"}
 """``uname -m`` (what ``docker info`` reports) and GOARCH (what images record) to GOARCH."""
@@ -58,16 +61,16 @@ class LocalImage:
 class LocalImages:
     """The operator's Docker daemon, opened on first use (shared by all devices)."""
 
-    def __init__(self, connect: Callable[[], docker.DockerClient]) -> None:
-        """Remember how to reach the local daemon."""
+    def __init__(self, connect: Callable[[float], docker.DockerClient]) -> None:
+        """Remember how to reach the local daemon (``connect(timeout)``)."""
         self._connect = connect
         self._client: docker.DockerClient | None = None
 
     @property
     def client(self) -> docker.DockerClient:
-        """Return the local daemon's client."""
+        """Return the local daemon's client (for quick calls)."""
         if self._client is None:
-            self._client = self._connect()
+            self._client = self._connect(60.0)
         return self._client
 
     def get(self, ref: str) -> LocalImage:
@@ -88,8 +91,24 @@ class LocalImages:
                           os=str(attrs.get("Os", "linux")), size=int(attrs.get("Size", 0)))
 
     def save(self, ref: str) -> Iterator[bytes]:
-        """Yield the image as a ``docker save`` tar stream, in 1 MiB chunks."""
-        yield from self.client.api.get_image(ref, chunk_size=CHUNK)
+        """Yield the image as a ``docker save`` tar stream, in 1 MiB chunks.
+
+        Each stream has its own connection with a long read timeout (see ``SAVE_TIMEOUT``).
+
+        Raises
+        ------
+        ImageError
+            If this machine's Docker stops sending.
+        """
+        client = self._connect(SAVE_TIMEOUT)
+        try:
+            yield from client.api.get_image(ref, chunk_size=CHUNK)
+        except (docker.errors.APIError, requests.exceptions.RequestException) as err:
+            raise ImageError(f"this machine's Docker stopped sending {ref} "
+                             f"({type(err).__name__}): check 'docker system df' and "
+                             "/var/log/docker here") from None
+        finally:
+            client.close()
 
     def close(self) -> None:
         """Close the connection if it was opened."""
