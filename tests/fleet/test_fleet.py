@@ -383,6 +383,9 @@ def _context(site: Site, name: str, extra: str) -> Path:
 def test_update_during_a_run_loses_no_round_and_no_reply(site: Site) -> None:
     """edge-tls switches to a new image mid-run; every round gets both replies.
 
+    The run waits for every reply (``--round-quorum 1``): with the default quorum a round
+    may close during the ~20 s switch and count the device as "no reply by the deadline".
+
     The new image is built on the device (--build-on-device path); the container is
     switched between messages and keeps its key volume: the same node ID trains before
     and after, and the old image stays on the device, tagged fedfleet-previous.
@@ -396,7 +399,7 @@ def test_update_during_a_run_loses_no_round_and_no_reply(site: Site) -> None:
         [FEDFLEET, "run", "--server", site.server_address, "--root-certificates",
          "certs/ca.crt", "--state-dir", "admin-state", "--output-dir", "out",
          "--rounds", "8", "--min-clients", "2", "--local-epochs", "1",
-         "--round-timeout", "300"],
+         "--round-timeout", "300", "--round-quorum", "1"],
         cwd=site.work, stdout=(site.work / "run.log").open("wb"), stderr=subprocess.STDOUT,
         start_new_session=True)
     try:
