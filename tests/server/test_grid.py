@@ -44,50 +44,71 @@ def clock(monkeypatch: pytest.MonkeyPatch) -> Iterator[Clock]:
 
 
 class ScriptedGrid:
-    """Node n answers after ``delays[n]`` seconds (SILENT: never; ERROR: an error)."""
+    """Node n answers ``delays[n]`` seconds after a message reaches it.
+
+    SILENT: never; ERROR: an error (from the SuperLink's id with ``from_superlink``).
+    A node in ``away`` is offline until that many seconds after the first push: the
+    SuperLink answers its messages "node unavailable" and ``get_node_ids`` leaves it out.
+    """
 
     def __init__(self, clock: Clock, delays: dict[int, float | None],
-                 from_superlink: bool = False) -> None:
+                 from_superlink: bool = False, away: dict[int, float] | None = None) -> None:
         self.clock = clock
         self.delays = delays
         self.from_superlink = from_superlink
-        self.start = 0.0
+        self.away = away or {}
+        self.start: float | None = None
         self.pulls = 0
-        self.sent: dict[str, Message] = {}
+        self.sent: dict[str, tuple[Message, float]] = {}
         self.given: set[str] = set()
 
+    def _offline(self, node: int) -> bool:
+        assert self.start is not None
+        return self.clock.now - self.start < self.away.get(node, 0.0)
+
+    def get_node_ids(self) -> list[int]:
+        return [node for node in self.delays if not self._offline(node)]
+
     def push_messages(self, messages: Iterable[Message]) -> list[str]:
-        self.start = self.clock.now
+        if self.start is None:
+            self.start = self.clock.now
         ids = []
-        for i, msg in enumerate(messages):
-            msg.metadata.__dict__["_message_id"] = f"m{i}"
-            self.sent[f"m{i}"] = msg
-            ids.append(f"m{i}")
+        for msg in messages:
+            mid = f"m{len(self.sent)}"
+            msg.metadata.__dict__["_message_id"] = mid
+            self.sent[mid] = (msg, self.clock.now)
+            ids.append(mid)
         return ids
 
     def pull_messages(self, ids: Iterable[str]) -> list[Message]:
         self.pulls += 1
         out = []
         for mid in ids:
-            msg = self.sent[mid]
-            delay = self.delays[msg.metadata.dst_node_id]
-            if mid in self.given or delay is SILENT or \
-                    self.clock.now - self.start < abs(delay):
+            msg, pushed = self.sent[mid]
+            node = msg.metadata.dst_node_id
+            delay = self.delays[node]
+            if mid in self.given:
                 continue
-            self.given.add(mid)
-            if delay == ERROR:
+            if self._offline(node):
+                reply = Message(Error(5, "Error: Node Unavailable"), reply_to=msg)
+                reply.metadata.__dict__["_src_node_id"] = 1
+            elif delay is SILENT or self.clock.now - pushed < abs(delay):
+                continue
+            elif delay == ERROR:
                 reply = Message(Error(5, "node unavailable"), reply_to=msg)
                 if self.from_superlink:
                     reply.metadata.__dict__["_src_node_id"] = 1
             else:
                 reply = Message(RecordDict(), reply_to=msg)
+            self.given.add(mid)
             out.append(reply)
         return out
 
 
 def _send(clock: Clock, delays: dict[int, float | None], timeout: float = 300.0,
-          **options: float) -> tuple[dict[int, Message], float]:
-    inner = ScriptedGrid(clock, delays, bool(options.pop("from_superlink", False)))
+          away: dict[int, float] | None = None, **options: float
+          ) -> tuple[dict[int, Message], float]:
+    inner = ScriptedGrid(clock, delays, bool(options.pop("from_superlink", False)), away)
     grid = PromptGrid(inner, **options)  # type: ignore[arg-type]
     start = clock.now
     messages = [Message(RecordDict(), dst_node_id=node, message_type="train")
@@ -146,6 +167,35 @@ def test_a_superlink_error_reply_names_the_device(clock: Clock) -> None:
     replies, _ = _send(clock, {7: 1.0, 8: ERROR}, from_superlink=True)
     assert set(replies) == {7, 8}
     assert replies[8].error.reason == "node unavailable"
+
+
+def test_a_device_that_restarts_mid_round_is_asked_again(clock: Clock) -> None:
+    """Its SuperNode stops (an update): back after 20 s, it gets the message again."""
+    replies, took = _send(clock, {1: 3.0, 2: 3.0}, away={2: 20.0})
+    assert not any(r.has_error() for r in replies.values())
+    assert 23.0 <= took <= 23.0 + grid_module.RETURN_CHECK + 0.5
+
+
+def test_a_device_away_past_the_grace_keeps_the_superlinks_reason(clock: Clock) -> None:
+    """Not back when the round closes (quorum + grace): the SuperLink's error stands."""
+    replies, took = _send(clock, {1: 3.0, 2: 3.0}, away={2: 60.0}, quorum=0.5, grace=1.0)
+    assert took == pytest.approx(13.0, abs=0.3)
+    assert replies[2].has_error() and replies[2].error.reason == "Error: Node Unavailable"
+    assert replies[2].metadata.src_node_id == 2
+
+
+def test_a_device_that_keeps_going_away_is_asked_a_bounded_number_of_times(
+        clock: Clock) -> None:
+    """Online in the node list but unavailable on every pull: asked MAX_RESENDS times."""
+    inner = ScriptedGrid(clock, {1: 1.0, 2: 1.0}, away={2: 1e9})
+    inner.get_node_ids = lambda: [1, 2]  # type: ignore[method-assign]
+    grid = PromptGrid(inner)  # type: ignore[arg-type]
+    messages = [Message(RecordDict(), dst_node_id=node, message_type="train")
+                for node in (1, 2)]
+    replies = list(grid.send_and_receive(messages, timeout=300))
+    assert len(replies) == 2 and sum(r.has_error() for r in replies) == 1
+    pushed_to_2 = [m for m, _ in inner.sent.values() if m.metadata.dst_node_id == 2]
+    assert len(pushed_to_2) == 1 + grid_module.MAX_RESENDS
 
 
 def test_live_progress_hears_of_every_device(clock: Clock, tmp_path: Path) -> None:

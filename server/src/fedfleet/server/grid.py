@@ -16,6 +16,10 @@ device until its timeout. ``PromptGrid`` wraps it and polls with the same public
   in its name, so the record names it; its reply, if it comes later, is never pulled.
 - an error reply the SuperLink made for a device (node unavailable: sent from the
   SuperLink's own node id) is put back in the name of the device it was meant for.
+- a device the SuperLink calls unavailable (its SuperNode stopped: a restart, an update
+  by ``fedfleet fleet``) is asked again when it is back online while the round is still
+  open: the message is sent once more, and the device counts as pending until then.
+  If it is not back when the round closes, the SuperLink's error stands.
 
 Everything else is passed through unchanged.
 """
@@ -28,6 +32,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from flwr.app import Error, Message
+from flwr.common.constant import ErrorCode
 from flwr.serverapp import Grid
 
 from fedfleet.server.intake import DEADLINE_CODE, DEADLINE_REASON
@@ -38,6 +43,10 @@ MIN_GRACE = 10.0
 """Seconds a round waits after its quorum at least: an idle SuperNode looks for work
 every 3 s and starting a ClientApp takes 3-5 s on a busy device, so devices of the
 same speed can finish that far apart."""
+RETURN_CHECK = 2.0
+"""Seconds between looks at the online nodes while a device of the round is away."""
+MAX_RESENDS = 3
+"""Times one message is sent again in a round to a device that went away and came back."""
 
 
 class PromptGrid(Grid):
@@ -93,7 +102,10 @@ class PromptGrid(Grid):
         start = time.monotonic()
         ids = list(self.push_messages(messages))
         sent = {mid: msg for mid, msg in zip(ids, messages, strict=False) if mid}
+        instruction = dict(sent)  # message id (first or re-sent) -> the round's message
         pending = set(sent)
+        away: dict[int, tuple[Message, Message]] = {}  # node -> (message, "unavailable")
+        resends: dict[int, int] = {}
         if self._progress is not None and sent:
             self._progress.asked(messages[0].metadata.message_type,
                                  [_node(msg) for msg in sent.values()])
@@ -101,31 +113,78 @@ class PromptGrid(Grid):
         needed = max(1, math.ceil(self._quorum * len(sent)))
         usable = 0
         replies: list[Message] = []
-        while pending and time.monotonic() < deadline:
-            for reply in self.pull_messages(pending):
+        next_check = start + RETURN_CHECK
+        while (pending or away) and time.monotonic() < deadline:
+            for reply in self.pull_messages(pending) if pending else ():
                 mid = reply.metadata.reply_to_message_id
                 if mid not in pending:
                     continue
                 pending.discard(mid)
-                replies.append(_in_name_of(reply, sent[mid]))
+                original = instruction[mid]
+                node = original.metadata.dst_node_id
+                if _unavailable(reply, original) and resends.get(node, 0) < MAX_RESENDS:
+                    away[node] = (original, _in_name_of(reply, original))
+                    continue
+                replies.append(_in_name_of(reply, original))
                 if self._progress is not None:
-                    self._progress.answered(_node(sent[mid]), not reply.has_error())
+                    self._progress.answered(_node(original), not reply.has_error())
                 if not reply.has_error():
                     usable += 1
-                    if usable == needed and pending:
+                    if usable == needed and (pending or away):
                         took = time.monotonic() - start
                         deadline = min(deadline, time.monotonic()
                                        + max(self._min_grace, self._grace * took))
-            if pending:
+            if away and time.monotonic() >= next_check:
+                next_check = time.monotonic() + RETURN_CHECK
+                pending |= self._ask_again(away, resends, instruction)
+            if pending or away:
                 time.sleep(self._poll)
         waited = time.monotonic() - start
+        replies.extend(error for _, error in away.values())
         if self._progress is not None:
-            self._progress.silent(_node(sent[mid]) for mid in pending)
+            self._progress.silent(_node(instruction[mid]) for mid in pending)
+            for node in away:
+                self._progress.answered(str(node), False)
         for mid in sorted(pending):
             replies.append(Message(Error(DEADLINE_CODE, f"{DEADLINE_REASON} (the round "
                                          f"closed after {waited:.1f}s with {usable} of "
-                                         f"{len(sent)} replies)"), reply_to=sent[mid]))
+                                         f"{len(sent)} replies)"), reply_to=instruction[mid]))
         return replies
+
+    def _ask_again(self, away: dict[int, tuple[Message, Message]], resends: dict[int, int],
+                   instruction: dict[str, Message]) -> set[str]:
+        """Send the round's message again to the devices in ``away`` that are back.
+
+        Returns the new message ids; ``instruction`` maps them to the round's messages.
+        """
+        online = set(self.get_node_ids())
+        back = [node for node in away if node in online]
+        if not back:
+            return set()
+        new_ids = set()
+        for node in back:
+            resends[node] = resends.get(node, 0) + 1
+            try:
+                mid = next(iter(self.push_messages([_copy(away[node][0])])), "")
+            except Exception:  # noqa: BLE001 - it stays away; the round goes on
+                continue
+            if mid:
+                instruction[mid] = away.pop(node)[0]
+                new_ids.add(mid)
+        return new_ids
+
+
+def _unavailable(reply: Message, instruction: Message) -> bool:
+    """Whether ``reply`` is the SuperLink saying the device is offline."""
+    return (reply.has_error() and reply.error.code == ErrorCode.NODE_UNAVAILABLE
+            and reply.metadata.src_node_id != instruction.metadata.dst_node_id)
+
+
+def _copy(instruction: Message) -> Message:
+    """Return a new message with ``instruction``'s content, destination and type."""
+    meta = instruction.metadata
+    return Message(instruction.content, dst_node_id=meta.dst_node_id,
+                   message_type=meta.message_type, group_id=meta.group_id)
 
 
 def _node(instruction: Message) -> str:
