@@ -61,7 +61,13 @@ def test_default_compose_run_trains_a_useful_model(
             if record["status"] != "running":
                 break
         time.sleep(5)
-    logs = compose(project, env, "logs", "--no-color", "server", timeout=120).stdout
+    # The record is final a moment before the server prints its last line.
+    logs_deadline = time.monotonic() + 60
+    while True:
+        logs = compose(project, env, "logs", "--no-color", "server", timeout=120).stdout
+        if "done: run" in logs or time.monotonic() > logs_deadline:
+            break
+        time.sleep(2)
     assert record is not None and record["status"] == "completed", logs[-5000:]
 
     rounds = record["rounds"]
