@@ -18,6 +18,7 @@ import json
 import os
 import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 import tarfile
@@ -380,6 +381,13 @@ def _context(site: Site, name: str, extra: str) -> Path:
     return folder
 
 
+def _serverapp_log(site: Site) -> str:
+    """Return what the ServerApps logged (the SuperLink keeps it in its database)."""
+    with sqlite3.connect(site.work / "state" / "superlink.db") as db:
+        return "".join(row[0] for row in db.execute(
+            "SELECT log FROM task_logs ORDER BY timestamp"))
+
+
 def test_update_during_a_run_loses_no_round_and_no_reply(site: Site) -> None:
     """edge-tls switches to a new image mid-run; every round gets both replies.
 
@@ -432,6 +440,11 @@ def test_update_during_a_run_loses_no_round_and_no_reply(site: Site) -> None:
         [(r["round"], r["train_replies"], r["train_failures"]) for r in rounds]
     assert all(node in [c["node_id"] for c in r["clients"] if c.get("weight") is not None]
                for r in rounds)  # the same node trained, every round, before and after
+    # When the switch caught a message not yet fetched, the ServerApp asked again.
+    said = [line for line in _serverapp_log(site).splitlines() if f"Node {node} " in line]
+    print("\n".join(said) or "no message was waiting for the device during the switch")
+    if any("went offline" in line for line in said):
+        assert any("is back online; sent its" in line for line in said), said
     remote_docker = site.device.client()
     container = remote_docker.containers.get("fedfleet-edge-tls")
     assert container.image.id == remote_docker.images.get("fedfleet-client:fleet-test-v2").id

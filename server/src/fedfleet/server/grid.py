@@ -26,6 +26,7 @@ Everything else is passed through unchanged.
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections.abc import Iterable
@@ -43,6 +44,8 @@ MIN_GRACE = 10.0
 """Seconds a round waits after its quorum at least: an idle SuperNode looks for work
 every 3 s and starting a ClientApp takes 3-5 s on a busy device, so devices of the
 same speed can finish that far apart."""
+log = logging.getLogger("fedfleet")
+
 RETURN_CHECK = 2.0
 """Seconds between looks at the online nodes while a device of the round is away."""
 MAX_RESENDS = 3
@@ -124,6 +127,9 @@ class PromptGrid(Grid):
                 node = original.metadata.dst_node_id
                 if _unavailable(reply, original) and resends.get(node, 0) < MAX_RESENDS:
                     away[node] = (original, _in_name_of(reply, original))
+                    log.info("Node %s went offline before its %s reply; it is asked again "
+                             "if it is back while the round is open", node,
+                             original.metadata.message_type)
                     continue
                 replies.append(_in_name_of(reply, original))
                 if self._progress is not None:
@@ -171,6 +177,8 @@ class PromptGrid(Grid):
             if mid:
                 instruction[mid] = away.pop(node)[0]
                 new_ids.add(mid)
+                log.info("Node %s is back online; sent its %s message again", node,
+                         instruction[mid].metadata.message_type)
         return new_ids
 
 
