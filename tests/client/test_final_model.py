@@ -8,9 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterable, Iterator
@@ -22,6 +19,7 @@ import pytest
 from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, RecordDict
 from flwr.serverapp import Grid
 from flwr.supercore.task_identity import TaskIdentity
+from no_tensorflow import no_tensorflow_cli
 
 from fedfleet.client import client_app, worker
 from fedfleet.server.delivery import final_model_info, send_final_model
@@ -259,28 +257,6 @@ def test_send_final_model_reports_each_device(
         assert read_index(home)[0]["metrics"] == METRICS
 
 
-def _no_tensorflow_cli(*args: str, cwd: Path, block: str = "tensorflow,keras,flwr"
-                       ) -> subprocess.CompletedProcess[str]:
-    """Run the fedfleet CLI with TensorFlow, Keras and Flower made impossible to import."""
-    script = (
-        "import sys, importlib.abc\n"
-        "class Block(importlib.abc.MetaPathFinder):\n"
-        "    def find_spec(self, name, path=None, target=None):\n"
-        f"        if name.split('.')[0] in {tuple(block.split(','))!r}:\n"
-        "            raise ImportError(f'{name} is not installed on this device')\n"
-        "sys.meta_path.insert(0, Block())\n"
-        "from fedfleet.shared.cli import cli\n"
-        "try:\n"
-        "    cli(sys.argv[1:], prog_name='fedfleet')\n"
-        "finally:\n"
-        "    heavy = sorted(m for m in sys.modules if m.split('.')[0] in\n"
-        "                   ('tensorflow', 'keras', 'flwr'))\n"
-        "    print('HEAVY=' + ','.join(heavy), file=sys.stderr)\n")
-    return subprocess.run([sys.executable, "-c", script, *args], cwd=cwd,
-                          capture_output=True, text=True, timeout=120, check=False,
-                          env={**os.environ, "FLWR_HOME": str(cwd)})
-
-
 def test_predict_answers_from_the_stored_model_without_tensorflow(
         tmp_path: Path, weights: list[np.ndarray]) -> None:
     """'fedfleet predict' on the device: newest stored model, PNG in, class out, no TF."""
@@ -294,7 +270,7 @@ def test_predict_answers_from_the_stored_model_without_tensorflow(
     for digit, i in zip((3, 7), picks, strict=True):
         Image.fromarray((test.x[i, :, :, 0] * 255).round().astype(np.uint8)).save(
             tmp_path / f"digit-{digit}.png")
-    done = _no_tensorflow_cli("predict", "--home", str(tmp_path / "home"), "--format",
+    done = no_tensorflow_cli("predict", "--home", str(tmp_path / "home"), "--format",
                               "json", "digit-3.png", "digit-7.png", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert "HEAVY=\n" in done.stderr  # nothing of TensorFlow, Keras or Flower loaded
@@ -303,11 +279,11 @@ def test_predict_answers_from_the_stored_model_without_tensorflow(
     assert [a["class"] for a in answers] == [3, 7]
     assert [a["class_name"] for a in answers] == ["three", "seven"]
     assert all(0.5 < a["probability"] <= 1 for a in answers)
-    table = _no_tensorflow_cli("predict", "--home", str(tmp_path / "home"),
+    table = no_tensorflow_cli("predict", "--home", str(tmp_path / "home"),
                                "digit-3.png", cwd=tmp_path)
     assert table.stdout.splitlines()[1].split() == ["digit-3.png", "3", "(three)",
                                                     table.stdout.split()[-1]]
-    listing = _no_tensorflow_cli("models", "--home", str(tmp_path / "home"), "--verify",
+    listing = no_tensorflow_cli("models", "--home", str(tmp_path / "home"), "--verify",
                                  cwd=tmp_path)
     assert listing.returncode == 0, listing.stderr
     assert "77" in listing.stdout and "keras ok tflite ok" in listing.stdout
@@ -316,7 +292,7 @@ def test_predict_answers_from_the_stored_model_without_tensorflow(
 
 def test_help_loads_no_tensorflow(tmp_path: Path) -> None:
     """'fedfleet --help' lists every command without importing TensorFlow."""
-    done = _no_tensorflow_cli("--help", cwd=tmp_path, block="tensorflow,keras")
+    done = no_tensorflow_cli("--help", cwd=tmp_path, block="tensorflow,keras")
     assert done.returncode == 0, done.stderr
     assert "tensorflow" not in done.stderr.split("HEAVY=")[1]
     assert "predict" in done.stdout and "export" in done.stdout

@@ -13,12 +13,15 @@ import subprocess
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 from fleet_helpers import FEDFLEET, Fleet, free_port
+from no_tensorflow import no_tensorflow_cli
 
 from fedfleet.server.control import CONNECTION, Control
 from fedfleet.server.fab import write_bundle
 from fedfleet.shared import process
+from fedfleet.shared.data import load_dataset
 from fedfleet.shared.fileio import sha256_file
 from fedfleet.shared.modelstore import read_index
 from fedfleet.shared.settings import RunSettings
@@ -104,3 +107,14 @@ def test_every_device_stores_the_final_model(fleet: Fleet, tmp_path: Path) -> No
                               "--verify"], capture_output=True, text=True, timeout=120,
                              check=False)
     assert listing.returncode == 0 and "keras ok tflite ok" in listing.stdout, listing
+    # The device predicts from what it received, with TensorFlow and Flower not importable.
+    test = load_dataset("builtin:digits", split="test")
+    np.savez(tmp_path / "samples.npz", x=test.x[:5])
+    predicted = no_tensorflow_cli("predict", "--home", str(tmp_path / "home1"), "--format",
+                                  "json", "samples.npz", cwd=tmp_path)
+    assert predicted.returncode == 0, predicted.stderr
+    assert "HEAVY=\n" in predicted.stderr  # nothing of TensorFlow, Keras or Flower loaded
+    answers = json.loads(predicted.stdout)
+    assert len(answers) == 5 and all(0 <= a["class"] < 10 for a in answers), answers
+    received = read_index(tmp_path / "home1")[0]["files"]["tflite"]
+    assert received in predicted.stderr  # "model: <the .tflite the device received>"
