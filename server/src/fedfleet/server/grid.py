@@ -39,13 +39,13 @@ from flwr.serverapp import Grid
 from fedfleet.server.intake import DEADLINE_CODE, DEADLINE_REASON
 from fedfleet.server.progress import ProgressFile
 
+log = logging.getLogger("fedfleet")
+
 DEFAULT_POLL = 0.2
 MIN_GRACE = 10.0
 """Seconds a round waits after its quorum at least: an idle SuperNode looks for work
 every 3 s and starting a ClientApp takes 3-5 s on a busy device, so devices of the
 same speed can finish that far apart."""
-log = logging.getLogger("fedfleet")
-
 RETURN_CHECK = 2.0
 """Seconds between looks at the online nodes while a device of the round is away."""
 MAX_RESENDS = 3
