@@ -10,7 +10,6 @@ number of channels.
 from __future__ import annotations
 
 import contextlib
-import csv
 import os
 import zipfile
 from collections.abc import Iterator, Sequence
@@ -20,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from fedfleet.shared.data.loaders import read_csv_rows
 from fedfleet.shared.errors import DataError, FedfleetError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
@@ -150,13 +150,7 @@ def _read_image(path: Path, shape: tuple[int, ...]) -> np.ndarray:
 
 def _read_csv(path: Path, shape: tuple[int, ...], label_column: str
               ) -> tuple[np.ndarray, list[str]]:
-    try:
-        with path.open(newline="", encoding="utf-8") as handle:
-            rows = list(csv.reader(handle))
-    except (OSError, UnicodeDecodeError, csv.Error) as err:
-        raise DataError(f"{path}: cannot read CSV ({err})") from err
-    if not rows:
-        raise DataError(f"{path}: the file is empty")
+    rows = read_csv_rows(path)
     header = rows[0]
     keep = [i for i, name in enumerate(header) if name != label_column]
     samples, names = [], []

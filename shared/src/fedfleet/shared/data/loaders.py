@@ -197,9 +197,14 @@ def _read_image_dir(
     return np.stack(images), np.asarray(labels)
 
 
-def _read_csv(
-    path: Path, label_column: str, class_names: Sequence[str] | None
-) -> tuple[np.ndarray, np.ndarray]:
+def read_csv_rows(path: Path) -> list[list[str]]:
+    """Return the rows of the CSV file ``path`` (at least the header).
+
+    Raises
+    ------
+    DataError
+        If the file cannot be read as UTF-8 CSV or is empty.
+    """
     try:
         with path.open(newline="", encoding="utf-8") as handle:
             rows = list(csv.reader(handle))
@@ -207,6 +212,13 @@ def _read_csv(
         raise DataError(f"{path}: cannot read CSV ({err})") from err
     if not rows:
         raise DataError(f"{path}: the file is empty")
+    return rows
+
+
+def _read_csv(
+    path: Path, label_column: str, class_names: Sequence[str] | None
+) -> tuple[np.ndarray, np.ndarray]:
+    rows = read_csv_rows(path)
     header, body = rows[0], [r for r in rows[1:] if r]
     if label_column not in header:
         raise DataError(
