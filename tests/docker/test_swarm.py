@@ -1,0 +1,168 @@
+"""A swarm of devices through the real gateway: rounds close with churn; no growth in a soak.
+
+One server for the module: ``fedfleet server`` (TLS, node auth, 50 keys in
+``--authorized-keys``) behind the fedfleet gateway image on this host's loopback
+(``benchmarks/swarm/stack.py``), and 50 virtual devices (``benchmarks/swarm``: Flower's
+Fleet API with each device's own key, signed requests, TLS; no TensorFlow) from 13
+loopback source addresses.
+
+- churn: a share of the devices leave without a word on their first train message and
+  come back with the same key; every round still closes, and each round's record names
+  exactly the devices that were silent in it (checked against what the swarm did).
+- soak: more rounds while the SuperLink's and the ServerApp's memory, threads and open
+  files are sampled every second; the last third of the run may not exceed the first
+  third by more than the bounds below.
+"""
+
+from __future__ import annotations
+
+import statistics
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from swarm import procs
+from swarm.device import Pace
+from swarm.launch import Swarm, SwarmResult, make_keys
+from swarm.stack import Stack, StackOptions
+
+pytestmark = pytest.mark.docker
+
+DEVICES = 50
+SAMPLED = 10
+CHURN_EVERY = 4  # every 4th device vanishes on its first train message
+RSS_BOUND_MB = 40.0
+"""Growth allowed between the first and the last third of the soak (medians)."""
+FDS_BOUND = 16
+THREADS_BOUND = 4
+
+
+@pytest.fixture(scope="module")
+def stack(docker_ok: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    work = tmp_path_factory.mktemp("swarm")
+    keys = make_keys(work / "keys", DEVICES)
+    authorized = work / "authorized"
+    authorized.mkdir()
+    for key in keys:
+        (authorized / f"{key.name}.pub").write_bytes(Path(f"{key}.pub").read_bytes())
+    running = Stack.start(StackOptions(work, authorized_keys=authorized))
+    try:
+        yield running
+    finally:
+        running.stop()
+
+
+def _keys(stack: Stack) -> list[Path]:
+    return make_keys(stack.options.workdir / "keys", DEVICES)
+
+
+def _wait_online(stack: Stack, count: int, timeout: float = 180) -> int:
+    deadline = time.monotonic() + timeout
+    online = 0
+    while time.monotonic() < deadline:
+        online = sum(1 for n in stack.nodes() if n.get("status") == "online")
+        if online >= count:
+            break
+        time.sleep(2)
+    return online
+
+
+def _run(stack: Stack, rounds: int) -> tuple[int, dict]:  # type: ignore[type-arg]
+    run_id = stack.submit("--rounds", str(rounds), "--fraction-train",
+                          f"{SAMPLED / DEVICES}", "--fraction-evaluate",
+                          f"{SAMPLED / DEVICES}", "--min-clients", str(SAMPLED),
+                          "--eval-data", "", "--round-timeout", "120")
+    return run_id, stack.wait_run(run_id, timeout=rounds * 150 + 120)
+
+
+def test_rounds_close_under_churn_and_name_the_silent(stack: Stack) -> None:
+    """Devices vanish mid-round and come back; every round closes and names them."""
+    # Prepare
+    paces = [Pace(vanish_in_round=1, away_s=15.0) if i % CHURN_EVERY == 0 else Pace()
+             for i in range(DEVICES)]
+    swarm = Swarm.start(stack.options.workdir / "churn", stack.base_url, stack.ca_file,
+                        _keys(stack), paces, duration_s=900, ramp_s=5)
+    try:
+        assert _wait_online(stack, DEVICES) == DEVICES
+        # Execute
+        _, record = _run(stack, rounds=3)
+        # (a device that vanished is refused until its last session times out, ~60 s)
+        assert _wait_online(stack, DEVICES, timeout=150) == DEVICES
+    finally:
+        swarm.stop()
+        result = swarm.wait(grace_s=30)
+
+    # Assert: the run completed with every round aggregated
+    assert record["status"] == "completed", record.get("error")
+    rows = record["rounds"]
+    assert [r["round"] for r in rows] == [1, 2, 3]
+    assert all(r["train_replies"] >= SAMPLED // 2 for r in rows), \
+        [r["train_replies"] for r in rows]
+    # ... the swarm saw no failure of its own, and some devices did vanish
+    assert not result.process_failures, result.process_failures
+    vanished = {(str(d["node_id"]), rnd) for d in result.devices for rnd in d["vanished"]}
+    assert vanished, "no device was sampled while set to vanish; the test proves nothing"
+    churners = {str(d["node_id"]) for i, d in enumerate(_by_key(result)) if
+                i % CHURN_EVERY == 0}
+    # ... each round's record names every device that vanished in it, and blames no
+    # device that did not vanish (a vanished device stays silent until it is back)
+    for row in rows:
+        silent = {e["node_id"] for e in row.get("errors", [])}
+        gone_now = {node for node, rnd in vanished if rnd == str(row["round"])}
+        assert gone_now <= silent, (row["round"], gone_now, silent)
+        assert silent <= churners, (row["round"], silent - churners)
+        trained = {c["node_id"] for c in row["clients"]}
+        assert not trained & silent
+    # ... and the devices that vanished came back under their own keys (same node IDs)
+    back = {str(d["node_id"]) for d in result.devices if d["activations"] >= 2}
+    assert {node for node, _ in vanished} <= back, result.devices
+
+
+def _by_key(result: SwarmResult) -> list[dict]:  # type: ignore[type-arg]
+    """Return the devices' logs in key order (device i = key i)."""
+    return sorted(result.devices, key=lambda d: d["key"])
+
+
+def test_soak_no_growth_in_memory_threads_or_files(stack: Stack) -> None:
+    """Twelve rounds with a 50-device swarm: the server's footprint stays flat."""
+    # Prepare
+    swarm = Swarm.start(stack.options.workdir / "soak", stack.base_url, stack.ca_file,
+                        _keys(stack), [Pace() for _ in range(DEVICES)], duration_s=900,
+                        ramp_s=5)
+    samples: list[dict[str, procs.Usage]] = []
+    stop = threading.Event()
+
+    def sample() -> None:
+        while not stop.wait(1.0):
+            roles = stack.server_roles()
+            samples.append({role: procs.usage(roles.get(role, []))
+                            for role in ("superlink", "serverapp")})
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    try:
+        assert _wait_online(stack, DEVICES) == DEVICES
+        sampler.start()
+        # Execute
+        _, record = _run(stack, rounds=12)
+    finally:
+        stop.set()
+        swarm.stop()
+        result = swarm.wait(grace_s=30)
+
+    # Assert
+    assert record["status"] == "completed", record.get("error")
+    assert len(record["rounds"]) == 12
+    assert not result.process_failures, result.process_failures
+    running = [s for s in samples if s["serverapp"].rss_mb > 0]
+    assert len(running) >= 30, f"only {len(running)} samples while the run ran"
+    third = len(running) // 3
+    for role in ("superlink", "serverapp"):
+        first, last = running[:third], running[-third:]
+        for measure, bound in (("rss_mb", RSS_BOUND_MB), ("fds", FDS_BOUND),
+                               ("threads", THREADS_BOUND)):
+            before = statistics.median(getattr(s[role], measure) for s in first)
+            after = statistics.median(getattr(s[role], measure) for s in last)
+            print(f"{role} {measure}: first third {before:.1f}, last third {after:.1f}")
+            assert after <= before + bound, (role, measure, before, after)
