@@ -70,7 +70,7 @@ def register_authorized_keys(control: Control, keys_dir: Path, state_dir: Path,
                 echo(f"skipped {pub.stem}: the same key as {seen[mark].name}")
             continue
         seen[mark] = pub
-        todo.append((NodeKey(pub, pub.stem), mark))
+        todo.append((NodeKey(pub, pub.stem, keys_dir), mark))
     marks = {key.path: mark for key, mark in todo}
     lines: list[str] = []
     refused: list[str] = []
@@ -100,8 +100,7 @@ def register_authorized_keys(control: Control, keys_dir: Path, state_dir: Path,
     if progress is not None:
         progress(0, len(todo))
     try:
-        control.register_nodes([key for key, _ in todo], folder=keys_dir,
-                               on_result=record)
+        control.register_nodes([key for key, _ in todo], on_result=record)
     finally:
         if unsaved:
             write_atomic(ledger_path, json.dumps(ledger, indent=1))

@@ -143,15 +143,14 @@ class Control:
         with self.session() as session:
             return session.register(read_public_key(public_key), name)
 
-    def register_nodes(self, keys: Iterable[NodeKey], folder: Path | None = None,
+    def register_nodes(self, keys: Iterable[NodeKey],
                        on_result: Callable[[Registration], None] | None = None
                        ) -> list[Registration]:
         """Register many keys over one connection; return what became of each.
 
         A key that is not a key, or that the SuperLink refuses, is ``refused`` (its
         error names the file) and the others go on; a key registered before is
-        ``already``. ``folder``: the key directory (a link out of it is refused).
-        ``on_result`` sees each result as it happens, so a caller can record them
+        ``already``. ``on_result`` sees each result as it happens, so a caller can record them
         even if a later one raises.
 
         Raises
@@ -163,7 +162,7 @@ class Control:
         with self.session() as session:
             for key in keys:
                 try:
-                    node_id = session.register(read_public_key(key.path, folder),
+                    node_id = session.register(read_public_key(key.path, key.folder),
                                                key.name)
                     result = Registration(key, "registered", node_id)
                 except KeyInUse:

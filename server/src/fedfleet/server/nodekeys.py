@@ -32,26 +32,30 @@ class KeyFileError(FedfleetError):
 
 @dataclass(frozen=True)
 class NodeKey:
-    """One device key to register: its file and the device's name."""
+    """One device key to register: its file, the device's name, the folder it is in."""
 
     path: Path
     name: str | None = None
+    folder: Path | None = None
+    """The key directory it was found in: a symbolic link out of it is refused."""
 
 
-def key_files(paths: Iterable[Path]) -> list[Path]:
-    """Return the key files ``paths`` name: files as given, directories' ``*.pub``.
+def key_files(paths: Iterable[Path]) -> list[NodeKey]:
+    """Return the keys ``paths`` name: files as given, directories' ``*.pub`` (sorted).
+
+    Each is named after its file, without ``.pub``.
 
     Raises
     ------
     KeyFileError
         If a path does not exist.
     """
-    found: list[Path] = []
+    found: list[NodeKey] = []
     for path in paths:
         if path.is_dir():
-            found += sorted(path.glob("*.pub"))
+            found += [NodeKey(pub, pub.stem, path) for pub in sorted(path.glob("*.pub"))]
         elif path.exists() or path.is_symlink():
-            found.append(path)
+            found.append(NodeKey(path, path.stem))
         else:
             raise KeyFileError(f"{path}: no such file or directory")
     return found
