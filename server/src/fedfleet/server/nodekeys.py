@@ -57,7 +57,7 @@ def key_files(paths: Iterable[Path]) -> list[NodeKey]:
         elif path.exists() or path.is_symlink():
             found.append(NodeKey(path, path.stem))
         else:
-            raise KeyFileError(f"{path}: no such file or directory")
+            raise KeyFileError(f"{path} does not exist")
     return found
 
 
