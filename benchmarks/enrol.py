@@ -1,8 +1,9 @@
-"""Time enrolment at server start: ``fedfleet server --authorized-keys`` with N keys.
+"""Time enrolment: ``fedfleet server --authorized-keys`` and ``nodes register`` with N keys.
 
 Starts a real TLS + node-auth ``fedfleet server --no-run`` on 127.0.0.1 with N
 generated device keys and reports how long the SuperLink took to answer and how long
-the keys took after that (until the server marked itself ready).
+the keys took after that (until the server marked itself ready); then registers N
+more keys with ``fedfleet nodes register DIR`` against it and times that command.
 
 Example:
     .venv/bin/python benchmarks/enrol.py --keys 1000
@@ -47,9 +48,13 @@ def main() -> int:
         keys.mkdir()
         made = work / "made"
         made.mkdir()
+        later = work / "later"
+        later.mkdir()
         for i in range(args.keys):
             create_node_key(made / f"edge-{i:04d}")
             shutil.copy(made / f"edge-{i:04d}.pub", keys / f"edge-{i:04d}.pub")
+            create_node_key(made / f"late-{i:04d}")
+            shutil.copy(made / f"late-{i:04d}.pub", later / f"late-{i:04d}.pub")
         port = _free_port()
         log = (work / "server.log").open("wb")
         started = time.monotonic()
@@ -75,6 +80,13 @@ def main() -> int:
                 print("timed out")
                 return 1
             ready = time.monotonic()
+            cli_start = time.monotonic()
+            done = subprocess.run([FEDFLEET, "nodes", "register", "later", "--server",
+                                   address, "--root-certificates", str(ca),
+                                   "--state-dir", "cli-state"], cwd=work,
+                                  capture_output=True, text=True, check=False)
+            cli_took = time.monotonic() - cli_start
+            summary = done.stdout.strip().splitlines()[-1:] or [done.stderr.strip()]
         finally:
             os.killpg(proc.pid, signal.SIGTERM)
             proc.wait(timeout=60)
@@ -82,7 +94,8 @@ def main() -> int:
         print(f"{args.keys} keys: SuperLink answered after {up:.1f}s, keys registered "
               f"{ready - (link_up or ready):.1f}s later "
               f"({(ready - (link_up or ready)) / args.keys * 1000:.0f} ms/key), "
-              f"ready after {ready - started:.1f}s")
+              f"ready after {ready - started:.1f}s; 'fedfleet nodes register' of "
+              f"{args.keys} more: {cli_took:.1f}s ({summary[0]})")
         return 0
     finally:
         shutil.rmtree(work, ignore_errors=True)
