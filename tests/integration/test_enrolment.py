@@ -1,8 +1,8 @@
 """Enrolment at fleet size, on a real TLS + node-auth SuperLink on 127.0.0.1.
 
-300 device keys in ``--authorized-keys`` at start, 20 more with ``fedfleet nodes
-register DIR``; the SuperLink's own node list must hold all of them. Prints the time
-taken (not asserted: the machine is shared).
+300 device keys in ``--authorized-keys`` at start, 24 more with ``fedfleet nodes
+register DIR`` (four with odd file names); the SuperLink's own node list must hold
+all of them. Prints the time taken (not asserted: the machine is shared).
 """
 
 from __future__ import annotations
@@ -48,10 +48,14 @@ def _start(fleet: Fleet, tmp_path: Path, keys: str) -> tuple[list[str], float]:
 
 
 def test_300_keys_at_start_and_20_more_from_the_cli(fleet: Fleet, tmp_path: Path) -> None:
-    """All 320 are in the SuperLink's node list; the server said ready, then healthy."""
+    """All 324 are in the SuperLink's node list; the server said ready, then healthy."""
     # Prepare
     _write_keys(tmp_path / "devices", "edge", 300)
     _write_keys(tmp_path / "more", "late", 20)
+    odd = ["edge 1 (lab)", "gerät-ü", "--name=x", "a'b\"c;$(id)"]
+    for name in odd:  # device names from odd file names, stored as they are
+        _write_keys(tmp_path / "odd", "x", 1)
+        (tmp_path / "odd" / "x-0000.pub").rename(tmp_path / "more" / f"{name}.pub")
 
     # Execute
     connection, started = _start(fleet, tmp_path, "devices")
@@ -80,18 +84,18 @@ def test_300_keys_at_start_and_20_more_from_the_cli(fleet: Fleet, tmp_path: Path
     assert (probe.returncode, probe.stdout) == (0, "ready\n"), probe.stdout
     assert "registering" in phases or "starting" in phases, phases
     assert more.returncode == 0, more.stdout + more.stderr
-    assert "20 registered, 0 already registered, 0 refused, of 20 key(s)" in more.stdout
+    assert "24 registered, 0 already registered, 0 refused, of 24 key(s)" in more.stdout
     nodes = json.loads(listed.stdout)
     names = sorted(node["name"] for node in nodes)
     assert names == sorted([f"edge-{i:04d}" for i in range(300)]
-                           + [f"late-{i:04d}" for i in range(20)])
+                           + [f"late-{i:04d}" for i in range(20)] + odd)
     assert {node["status"] for node in nodes} == {"registered"}
     log = fleet.log("server")
     assert log.count(" as node ") == 300
     ledger = json.loads((tmp_path / "state" / "authorized-keys.json").read_text())
     assert len(ledger) == 300 and all(entry["node_id"] for entry in ledger.values())
     print(f"\n300 keys at start: ready {ready_after:.1f}s after 'fedfleet server' "
-          f"started; 20 keys with 'fedfleet nodes register': {cli_took:.1f}s "
+          f"started; 24 keys with 'fedfleet nodes register': {cli_took:.1f}s "
           "(both including process start-up)")
 
 

@@ -152,3 +152,24 @@ def test_the_container_registry_reads_already_registered_as_in_use() -> None:
 
     with pytest.raises(RegistryError, match="the key of a is already in use"):
         ContainerRegistry(client, "fedfleet-server-1").register("ecdsa AAAA", "a")
+
+
+def test_links_a_folder_holds_and_links_named_on_the_command_line(
+        api: FakeControlApi, tmp_path: Path) -> None:
+    """In a folder, a link out of it is refused; a link named explicitly is followed."""
+    outside = _keys(tmp_path / "elsewhere", "stray")[0]
+    (tmp_path / "devices").mkdir()
+    (tmp_path / "devices" / "stray.pub").symlink_to(outside)
+    (tmp_path / "named.pub").symlink_to(outside)
+    state = ["--state-dir", str(tmp_path / "st"), *CONNECTION]
+
+    folder = CliRunner().invoke(cli, ["nodes", "register", str(tmp_path / "devices"),
+                                      *state])
+    named = CliRunner().invoke(cli, ["nodes", "register", str(tmp_path / "named.pub"),
+                                     *state])
+
+    assert folder.exit_code == 1
+    assert (f"refused {tmp_path / 'devices' / 'stray.pub'}: a symbolic link to {outside}, "
+            f"outside {tmp_path / 'devices'}") in folder.output
+    assert named.exit_code == 0 and "registered node" in named.output
+    assert [n.name for n in api.nodes.values()] == ["named"]
