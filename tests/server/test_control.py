@@ -1,7 +1,8 @@
-"""The Control API client: its flwr settings, its reading of flwr's answers, its errors.
+"""The Control API client's ``flwr`` path (runs): its settings, answers and errors.
 
 A stand-in ``flwr`` script records how it was called and prints what the test tells
-it to, so every branch runs without a SuperLink.
+it to, so every branch runs without a SuperLink. Node calls go through Flower's HTTP
+client in process instead: see ``test_control_api.py``.
 """
 
 from __future__ import annotations
@@ -79,8 +80,8 @@ def test_tls_connection_names_the_ca_and_calls_json(flwr: FakeFlwr, tmp_path: Pa
 
 
 def test_insecure_connection(flwr: FakeFlwr, tmp_path: Path) -> None:
-    flwr.answers({"success": True, "nodes": []})
-    assert Control("127.0.0.1:8000", tmp_path / "home").nodes() == []
+    flwr.answers({"success": True, "runs": []})
+    assert Control("127.0.0.1:8000", tmp_path / "home").runs() == []
     assert "insecure = true" in flwr.calls()[0]["config"]
 
 
@@ -99,20 +100,16 @@ def test_connect_finds_the_default_ca(flwr: FakeFlwr, tmp_path: Path,
 
 def test_json_after_log_noise_is_read(flwr: FakeFlwr, tmp_path: Path) -> None:
     """Banners and warnings before flwr's JSON are skipped; the JSON object is read."""
-    flwr.answers({"success": True, "node-id": 12345}, noise="Loading... {not json}\n")
-    pub = tmp_path / "edge.pub"
-    pub.write_text("ecdsa-sha2-nistp384 AAAA\n")
-    assert Control("h:1", tmp_path / "home").register_node(pub, "edge-1") == 12345
-    assert flwr.calls()[0]["argv"] == ["supernode", "register", str(pub), "fedfleet",
-                                       "--name", "edge-1", "--format", "json"]
+    flwr.answers({"success": True, "run-id": 12345}, noise="Loading... {not json}\n")
+    assert Control("h:1", tmp_path / "home").submit(RunSettings(), tmp_path / "b") == 12345
 
 
 def test_an_error_gives_flwr_s_last_line(flwr: FakeFlwr, tmp_path: Path) -> None:
-    flwr.answers({"success": False, "error-message": "first\n[code: 23] Public key "
-                  "already in use."}, code=1)
-    with pytest.raises(FedfleetError, match=r"flwr supernode failed against h:1: "
-                       r"\[code: 23\] Public key already in use\.$"):
-        Control("h:1", tmp_path / "home").register_node(tmp_path / "x.pub")
+    flwr.answers({"success": False, "error-message": "first\n[code: 16] Run ID not "
+                  "found."}, code=1)
+    with pytest.raises(FedfleetError, match=r"flwr stop failed against h:1: "
+                       r"\[code: 16\] Run ID not found\.$"):
+        Control("h:1", tmp_path / "home").stop(99)
 
 
 def test_no_json_at_all_gives_stderr(flwr: FakeFlwr, tmp_path: Path) -> None:

@@ -147,21 +147,24 @@ def test_run_outputs_and_strategy_state(tmp_path: Path, victim: Path) -> None:
     _intact(victim, checkpoints)
 
 
-def test_the_authorized_keys_ledger(tmp_path: Path, victim: Path) -> None:
-    from fedfleet.server.authorized_keys import register_authorized_keys
+def test_the_authorized_keys_ledger(tmp_path: Path, victim: Path,
+                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    from fake_control import FakeControlApi
 
+    from fedfleet.server.authorized_keys import register_authorized_keys
+    from fedfleet.server.control import Control
+    from fedfleet.shared.keys import create_node_key
+
+    FakeControlApi().install(monkeypatch)
     keys = tmp_path / "keys"
     keys.mkdir()
-    (keys / "edge-1.pub").write_text("ecdsa-sha2-nistp384 AAAA1\n")
+    create_node_key(keys / "edge-1")
+    (keys / "edge-1").unlink()  # only the .pub stays in the folder
     state = tmp_path / "state"
     _plant(victim, state / ".authorized-keys.json.tmp")
     (state / "authorized-keys.json").symlink_to(tmp_path / "dangling")
 
-    class Control:
-        def register_node(self, public_key: Path, name: str | None = None) -> int:
-            return 7
-
-    register_authorized_keys(Control(), keys, state)  # type: ignore[arg-type]
+    register_authorized_keys(Control("h:1", tmp_path / "cli"), keys, state)
     _regular(state / "authorized-keys.json", SHARED)
     assert not (tmp_path / "dangling").exists()
     _intact(victim, state)

@@ -1,14 +1,22 @@
-"""Talk to a SuperLink's Control API through Flower's own ``flwr`` CLI."""
+"""Talk to a SuperLink's Control API: nodes in this process, runs through ``flwr``.
+
+Node registration, listing and revocation go through :mod:`control_api` (Flower's
+Control API client in this process, one connection per batch); runs are submitted,
+listed and stopped through Flower's own ``flwr`` CLI.
+"""
 
 from __future__ import annotations
 
 import json
 import subprocess
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
+from fedfleet.server.control_api import ControlApiError, ControlSession, KeyInUse
 from fedfleet.server.fab import write_bundle
+from fedfleet.server.nodekeys import KeyFileError, NodeKey, read_public_key
 from fedfleet.shared import process
 from fedfleet.shared.atomic import write_atomic
 from fedfleet.shared.errors import FedfleetError
@@ -31,6 +39,29 @@ def connect(address: str, state_dir: Path, insecure: bool = False,
         root_certificates = DEFAULT_CA
     return Control(address, state_dir / "cli", insecure=insecure,
                    root_certificates=root_certificates)
+
+
+Outcome = Literal["registered", "already", "refused"]
+
+
+@dataclass(frozen=True)
+class Registration:
+    """What became of one key in :meth:`Control.register_nodes`."""
+
+    key: NodeKey
+    outcome: Outcome
+    node_id: int | None = None
+    error: str | None = None
+    """Why it was refused: one line naming the file."""
+
+    def line(self) -> str:
+        """Return the one line a person reads about this key."""
+        name = self.key.name or self.key.path.name
+        if self.outcome == "registered":
+            return f"{self.key.path}: registered node {self.node_id} as {name}"
+        if self.outcome == "already":
+            return f"{self.key.path}: already registered ({name})"
+        return f"refused {self.error}"
 
 
 @dataclass(frozen=True)
@@ -95,20 +126,67 @@ class Control:
             raise FedfleetError(f"the server has no run {run_id}")
         return dict(rows[0])
 
+    def session(self) -> ControlSession:
+        """Open one connection to the Control API (close it, or use ``with``)."""
+        return ControlSession.open(self.address, self.insecure, self.root_certificates,
+                                   self.timeout)
+
     def register_node(self, public_key: Path, name: str | None = None) -> int:
-        """Register a device's public key; return its node ID."""
-        args = ["supernode", "register", str(public_key), CONNECTION]
-        if name:
-            args += ["--name", name]
-        return int(self._flwr(*args)["node-id"])
+        """Register a device's public key; return its node ID.
+
+        Raises
+        ------
+        FedfleetError
+            If the key file is not a key, the key is registered already ("Public key
+            already in use"), or the SuperLink cannot be reached.
+        """
+        with self.session() as session:
+            return session.register(read_public_key(public_key), name)
+
+    def register_nodes(self, keys: Iterable[NodeKey],
+                       on_result: Callable[[Registration], None] | None = None
+                       ) -> list[Registration]:
+        """Register many keys over one connection; return what became of each.
+
+        A key that is not a key, or that the SuperLink refuses, is ``refused`` (its
+        error names the file) and the others go on; a key registered before is
+        ``already``. ``on_result`` sees each result as it happens, so a caller can record them
+        even if a later one raises.
+
+        Raises
+        ------
+        FedfleetError
+            If the SuperLink cannot be reached: nothing after that key was tried.
+        """
+        results: list[Registration] = []
+        with self.session() as session:
+            for key in keys:
+                try:
+                    node_id = session.register(read_public_key(key.path, key.folder),
+                                               key.name)
+                    result = Registration(key, "registered", node_id)
+                except KeyInUse:
+                    result = Registration(key, "already")
+                except KeyFileError as err:
+                    result = Registration(key, "refused", error=str(err))
+                except ControlApiError as err:
+                    if err.code is None:  # no answer: every later key would fail too
+                        raise
+                    result = Registration(key, "refused", error=f"{key.path}: {err}")
+                results.append(result)
+                if on_result is not None:
+                    on_result(result)
+        return results
 
     def nodes(self) -> list[dict[str, Any]]:
-        """Return the registered nodes with their status."""
-        return list(self._flwr("supernode", "list", CONNECTION)["nodes"])
+        """Return the registered nodes with their status (``flwr supernode list``)."""
+        with self.session() as session:
+            return session.nodes()
 
     def revoke_node(self, node_id: int) -> None:
         """Unregister a node: it is refused at its next heartbeat."""
-        self._flwr("supernode", "unregister", str(node_id), CONNECTION)
+        with self.session() as session:
+            session.unregister(node_id)
 
     def stop(self, run_id: int) -> None:
         """Stop a run."""

@@ -1,15 +1,17 @@
 """``fedfleet server`` from start to stop.
 
 Start the SuperLink, register the authorized device keys, mark the server ready (for
-healthchecks), then submit the run (or the continuation of a run a crash
-interrupted) and follow it, and keep serving until stopped. The SuperLink is stopped
-on every way out: Ctrl-C, SIGTERM (``docker stop``), an error.
+healthchecks; meanwhile ``status.json`` in the state dir says which phase it is in),
+then submit the run (or the continuation of a run a crash interrupted) and follow it,
+and keep serving until stopped. The SuperLink is stopped on every way out: Ctrl-C,
+SIGTERM (``docker stop``), an error.
 """
 
 from __future__ import annotations
 
 import signal
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +25,7 @@ from fedfleet.server.superlink import ServerOptions, start_superlink
 from fedfleet.shared import process
 from fedfleet.shared.errors import FedfleetError
 from fedfleet.shared.runrecord import summary
+from fedfleet.shared.serverstatus import STATUS_FILE, read_status, write_status
 from fedfleet.shared.settings import RunSettings
 
 Echo = Callable[[str], None]
@@ -58,13 +61,21 @@ def serve(plan: ServePlan, echo: Echo) -> None:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     ready = state_dir / "ready"  # for healthchecks: the server is up and keys registered
     ready.unlink(missing_ok=True)
-    superlink = start_superlink(plan.options)
+    state_dir.mkdir(parents=True, exist_ok=True)
+    write_status(state_dir, "starting", "starting the SuperLink")
+    try:
+        superlink = start_superlink(plan.options)
+    except BaseException as err:
+        write_status(state_dir, "failed", f"the SuperLink did not start: {err}"
+                     if isinstance(err, FedfleetError) else "stopped while starting")
+        raise
     try:
         if plan.authorized_keys is not None:
-            for line in register_authorized_keys(plan.options.control(),
-                                                 plan.authorized_keys, state_dir):
-                echo(line)
+            register_authorized_keys(plan.options.control(), plan.authorized_keys,
+                                     state_dir, echo=echo,
+                                     progress=_progress_writer(state_dir))
         ready.touch()
+        write_status(state_dir, "ready", "ready")
         if plan.start_run:
             settings = plan.settings
             interrupted = find_interrupted(plan.output_dir) if plan.resume else None
@@ -83,9 +94,32 @@ def serve(plan: ServePlan, echo: Echo) -> None:
                             f"see {state_dir}/superlink.log")
     except KeyboardInterrupt:
         echo("Stopping.")
+    except FedfleetError as err:
+        write_status(state_dir, "failed", str(err))
+        raise
     finally:
         ready.unlink(missing_ok=True)
         process.stop(superlink)
+        _stopped(state_dir)
+
+
+def _stopped(state_dir: Path) -> None:
+    """Say the server stopped, unless it already said why it failed."""
+    last = read_status(state_dir / STATUS_FILE)
+    if last is None or last.phase != "failed":
+        write_status(state_dir, "stopped", "stopped")
+
+
+def _progress_writer(state_dir: Path, every: float = 0.5) -> Callable[[int, int], None]:
+    """Return a progress callback that records 'registering N of M' (at most 2/s)."""
+    last = [0.0]
+
+    def progress(done: int, total: int) -> None:
+        now = time.monotonic()
+        if done in (0, total) or now - last[0] >= every:
+            last[0] = now
+            write_status(state_dir, "registering", done=done, total=total)
+    return progress
 
 
 def submit_and_follow(control: Control, settings: RunSettings, state_dir: Path,

@@ -3,7 +3,8 @@
 Two ways to reach the SuperLink's Control API, as the inventory's [server] says:
 
 - ``control = "127.0.0.1:8000"``: directly, as ``fedfleet nodes`` does on a bare-metal
-  server host (Flower's ``flwr`` CLI over TLS, with the inventory's CA);
+  server host (Flower's Control API client in this process, over TLS with the
+  inventory's CA, one kept-alive connection for the whole deploy);
 - ``control_container = "fedfleet-server-1"``: by running ``fedfleet nodes ...`` inside
   the server container through the Docker API (compose keeps the SuperLink on an
   internal network, so this is the only way in from the host).
@@ -25,6 +26,8 @@ import docker
 import docker.errors
 
 from fedfleet.server.control import Control
+from fedfleet.server.control_api import ControlApiError, ControlSession
+from fedfleet.server.nodekeys import parse_public_key
 from fedfleet.shared.errors import FedfleetError
 from fedfleet.shared.runrecord import read_record
 
@@ -70,37 +73,54 @@ class _Cached:
 
 
 class DirectRegistry(_Cached):
-    """The Control API at ``address`` (TLS with ``ca``), through Flower's CLI."""
+    """The Control API at ``address`` (TLS with ``ca``), over one kept-alive connection."""
 
     def __init__(self, address: str, ca: Path, state_dir: Path) -> None:
-        """Keep the CLI's settings in ``state_dir``."""
+        """Reach ``address``, trusting ``ca``; ``state_dir`` is kept for the CLI."""
         super().__init__()
         self.state_dir = state_dir
         self.control = Control(address, state_dir / "cli", insecure=False,
                                root_certificates=ca)
+        self._session: ControlSession | None = None
+
+    def _call(self, call: Callable[[ControlSession], Any]) -> Any:
+        """Run ``call`` on the open session (opening it first); errors as RegistryError."""
+        if self._session is None:
+            self._session = self.control.session()
+        try:
+            return call(self._session)
+        except ControlApiError as err:
+            raise RegistryError(str(err)) from None
 
     def register(self, public_key: str, name: str) -> int:
         """Register ``public_key`` under ``name``; return the node ID."""
         with self._lock:
-            self.state_dir.mkdir(parents=True, exist_ok=True)
-            path = self.state_dir / f"{name}.pub"
-            path.write_text(public_key.strip() + "\n", encoding="utf-8")
             try:
-                node_id = self.control.register_node(path, name)
-            finally:
-                path.unlink(missing_ok=True)
+                key = parse_public_key(public_key.encode(), f"the key of device {name}")
+            except FedfleetError as err:
+                raise RegistryError(str(err)) from None
+            node_id = int(self._call(lambda session: session.register(key, name)))
             self._forget()
             return node_id
 
     def nodes(self, fresh: bool = False) -> dict[int, dict[str, Any]]:
         """Return the registered nodes by ID."""
-        return self._cached_nodes(self.control.nodes, fresh)
+        def fetch() -> list[dict[str, Any]]:
+            return list(self._call(lambda session: session.nodes()))
+        return self._cached_nodes(fetch, fresh)
 
     def revoke(self, node_id: int) -> None:
         """Unregister ``node_id``."""
         with self._lock:
-            self.control.revoke_node(node_id)
+            self._call(lambda session: session.unregister(node_id))
             self._forget()
+
+    def close(self) -> None:
+        """Close the connection."""
+        with self._lock:
+            if self._session is not None:
+                self._session.close()
+                self._session = None
 
 
 class ContainerRegistry(_Cached):
@@ -144,6 +164,9 @@ class ContainerRegistry(_Cached):
             self._container().put_archive("/tmp", buffer.getvalue())
             out = self._exec("register", f"/tmp/fleet-{name}.pub", "--name", name)
             self._forget()
+        if "already registered" in out:
+            raise RegistryError(f"in the server container {self.name}: the key of "
+                                f"{name} is already in use")
         match = re.search(r"registered node (\d+)", out)
         if match is None:
             raise RegistryError(f"in the server container {self.name}: unexpected answer "
