@@ -38,6 +38,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from swarm import procs  # noqa: E402
 from swarm.device import Pace  # noqa: E402
 from swarm.launch import Swarm, SwarmResult, make_keys  # noqa: E402
+from swarm.profile import Profile, summarise  # noqa: E402
 from swarm.stack import Stack, StackOptions  # noqa: E402
 
 ROLES = ("superlink", "serverapp", "gateway")
@@ -131,6 +132,57 @@ def _wait_online(stack: Stack, count: int, timeout: float) -> float | None:
     return None
 
 
+def _profile(stack: Stack, args: argparse.Namespace, n: int, phase: str) -> list[Profile]:
+    """Start py-spy on the SuperLink (and on the ServerApp once it runs) if asked."""
+    if not args.profile:
+        return []
+    out = Path(args.profile)
+    started = [Profile.start(f"{n}-{phase}-superlink", pid, out)
+               for pid in stack.server_roles().get("superlink", [])[:1]]
+    if phase == "run":
+        holder: list[Profile] = []
+
+        def serverapp() -> None:
+            for _ in range(120):
+                pids = stack.server_roles().get("serverapp", [])
+                if pids:
+                    holder.append(Profile.start(f"{n}-run-serverapp", pids[0], out))
+                    return
+                time.sleep(0.5)
+
+        thread = threading.Thread(target=serverapp, daemon=True)
+        thread.start()
+
+        class Later(Profile):
+            def stop(self) -> None:
+                thread.join(timeout=1)
+                for prof in holder:
+                    prof.stop()
+
+        started.append(Later("serverapp", out / "none", None))
+    return started
+
+
+def _timeline(rounds: list[dict[str, Any]], result: SwarmResult) -> list[dict[str, Any]]:
+    """Per round: when the sampled devices pulled their message, got it, replied."""
+    rows = []
+    for row in rounds:
+        start = row.get("started_at")
+        msgs = [m for d in result.devices for m in d.get("messages", [])
+                if m[0] == "train" and m[1] == str(row.get("round"))]
+        if start is None or not msgs:
+            continue
+        pulled = sorted(m[2] - start for m in msgs)
+        fetch = sorted(m[3] - m[2] for m in msgs)
+        reply = sorted(m[4] - m[3] for m in msgs)
+        rows.append({"round": row.get("round"), "messages": len(msgs),
+                     "pulled_after_s": [pulled[len(pulled) // 2], pulled[-1]],
+                     "objects_s": [fetch[len(fetch) // 2], fetch[-1]],
+                     "reply_s": [reply[len(reply) // 2], reply[-1]],
+                     "wall_s": row.get("wall_s")})
+    return rows
+
+
 def _paces(n: int, churn: float, slow: float, slow_s: float) -> list[Pace]:
     paces = [Pace() for _ in range(n)]
     step = max(1, round(1 / churn)) if churn > 0 else 0
@@ -167,16 +219,22 @@ def run_size(n: int, args: argparse.Namespace, keys: list[Path]) -> dict[str, An
                             devices_per_address=args.devices_per_address)
         swarm_cpu0 = procs.usage(swarm.pids()).cpu_s
         out["online_s"] = _wait_online(stack, n, timeout=600)
+        profiles = _profile(stack, args, n, "idle")
         watcher.begin()
         time.sleep(args.idle)
         idle = watcher.end()
+        for prof in profiles:
+            prof.stop()
         run_id = stack.submit("--rounds", str(args.rounds), "--fraction-train",
                               f"{sampled / n:.6f}", "--min-clients", str(sampled),
                               "--eval-data", args.eval_data, "--fraction-evaluate",
                               f"{sampled / n:.6f}", *args.run_arg)
         watcher.begin()
+        profiles = _profile(stack, args, n, "run")
         record = stack.wait_run(run_id, timeout=args.rounds * 300 + 300)
         busy = watcher.end()
+        for prof in profiles:
+            prof.stop()
         swarm_cpu = procs.usage(swarm.pids()).cpu_s - swarm_cpu0
         out["database_mb"] = stack.database_bytes() / 2**20
     finally:
@@ -186,6 +244,10 @@ def run_size(n: int, args: argparse.Namespace, keys: list[Path]) -> dict[str, An
         result = swarm.wait(grace_s=30) if swarm is not None else SwarmResult()
         stack.stop()
     rounds = record.get("rounds", [])
+    out["timeline"] = _timeline(rounds, result)
+    if args.profile:
+        out["profiles"] = [summarise(p) for p in sorted(Path(args.profile).glob(
+            f"{n}-*.txt"))]
     out.update({
         "status": record.get("status"), "error": record.get("error"),
         "round_s": [r.get("wall_s") for r in rounds],
@@ -281,6 +343,8 @@ def main() -> int:
     parser.add_argument("--workdir", default="/tmp/fedfleet-scale")
     parser.add_argument("--keys-dir", default="/tmp/fedfleet-scale-keys")
     parser.add_argument("--json", default="")
+    parser.add_argument("--profile", default="",
+                        help="folder for py-spy profiles of the SuperLink and ServerApp")
     args = parser.parse_args()
     args.server_cpus = [int(c) for c in args.server_cpus.split(",") if c]
     args.swarm_cpus = [int(c) for c in args.swarm_cpus.split(",") if c]
@@ -292,7 +356,10 @@ def main() -> int:
     for n in sizes:
         print(f"# {n} devices", flush=True)
         results.append(run_size(n, args, keys))
-        print(json.dumps(results[-1], default=str)[:2000], flush=True)
+        print(json.dumps({k: v for k, v in results[-1].items() if k != "profiles"},
+                         default=str)[:3000], flush=True)
+        for text in results[-1].get("profiles", []):
+            print(text, flush=True)
         if args.json:
             Path(args.json).write_text(json.dumps({"argv": sys.argv, "results": results},
                                                   indent=1, default=str), encoding="utf-8")

@@ -94,6 +94,8 @@ class DeviceLog:
     """Round (group id) of every train reply it pushed."""
     vanished: list[str] = field(default_factory=list)
     """Round of every train message it left without answering."""
+    messages: list[tuple[str, str, float, float, float]] = field(default_factory=list)
+    """(type, round, wall time pulled, objects pulled, replied) of every message."""
     evaluated: int = 0
     final_models: int = 0
     errors: list[str] = field(default_factory=list)
@@ -162,6 +164,7 @@ class VirtualDevice:
 
     async def _handle(self, proto: MessageProto, tree: ObjectTree, stop: Deadline) -> bool:
         """Receive one message and reply to it; return True if the device vanished."""
+        pulled_at = time.time()
         header = message_from_proto(proto)
         meta = header.metadata
         run_id = meta.run_id
@@ -183,6 +186,7 @@ class VirtualDevice:
             "confirm-message-received", ConfirmMessageReceivedRequest(
                 node=self._node, run_id=run_id, message_object_id=meta.message_id),
             ConfirmMessageReceivedResponse, stop)
+        received_at = time.time()
         inflated = inflate_object_from_contents(meta.message_id, contents)
         assert isinstance(inflated, Message)
         message = make_message(meta, content=inflated.content)
@@ -207,6 +211,7 @@ class VirtualDevice:
             self.log.errors.append(f"unexpected message type {kind!r}")
             return False
         await self._push(reply, run_id, stop)
+        self.log.messages.append((kind, run_round, pulled_at, received_at, time.time()))
         return False
 
     async def _pull_object(self, run_id: int, object_id: str, stop: Deadline) -> bytes:
