@@ -156,10 +156,15 @@ def _fd_count(pid: int) -> int:
         return 0
 
 
-def measure_tree(root: int, table: dict[int, _Proc] | None = None) -> dict[str, float]:
-    """Return the ``TREE_MEASURES`` of ``root``'s tree now (only ``processes`` if gone)."""
+def measure_tree(root: int, table: dict[int, _Proc] | None = None, tree: bool = True
+                 ) -> dict[str, float]:
+    """Return the ``TREE_MEASURES`` of ``root``'s tree now (only ``processes`` if gone).
+
+    With ``tree=False`` only ``root`` itself is measured (e.g. the SuperLink without
+    the ServerApp below it).
+    """
     table = process_table() if table is None else table
-    pids = tree_pids(root, table)
+    pids = tree_pids(root, table) if tree else [root] if root in table else []
     if not pids:
         return {"processes": 0.0}
     procs = [table[p] for p in pids]
@@ -200,20 +205,21 @@ class Sampler:
             raise ValueError("interval must be > 0")
         self.interval = interval
         self.rows: list[Row] = []
-        self._trees: dict[str, int] = {}
+        self._trees: dict[str, tuple[int, bool]] = {}
         self._paths: dict[str, tuple[Path, ...]] = {}
         self._lock = threading.Lock()
         self._halt = threading.Event()
         self._thread: threading.Thread | None = None
         self._t0 = time.monotonic()
 
-    def watch(self, name: str, pid: int) -> Sampler:
+    def watch(self, name: str, pid: int, tree: bool = True) -> Sampler:
         """Sample the tree of ``pid`` (it and its descendants) as ``name``.
 
-        May be called while running, and again with a new PID (a restarted device).
+        May be called while running, and again with a new PID (a restarted device);
+        ``tree=False`` samples the process alone.
         """
         with self._lock:
-            self._trees[name] = pid
+            self._trees[name] = (pid, tree)
         return self
 
     def watch_path(self, name: str, *paths: Path) -> Sampler:
@@ -231,8 +237,8 @@ class Sampler:
         t = time.monotonic() - self._t0
         table = process_table() if trees else {}
         rows = [Row(t, name, measure, value)
-                for name, pid in trees.items()
-                for measure, value in measure_tree(pid, table).items()]
+                for name, (pid, tree) in trees.items()
+                for measure, value in measure_tree(pid, table, tree).items()]
         rows += [Row(t, name, measure, value)
                  for name, group in paths.items()
                  for measure, value in measure_paths(group).items()]
@@ -269,17 +275,32 @@ class Sampler:
         """Return the names sampled so far, in the order first seen."""
         return list(dict.fromkeys(r.name for r in self.rows))
 
-    def series(self, name: str, measure: str) -> list[float]:
-        """Return the values of ``measure`` for ``name``, oldest first."""
-        return [r.value for r in self.rows if r.name == name and r.measure == measure]
+    def now(self) -> float:
+        """Return the sampler's clock (seconds since :meth:`start`), to mark phases."""
+        return time.monotonic() - self._t0
 
-    def times(self, name: str, measure: str) -> list[float]:
+    def _select(self, name: str, measure: str, since: float | None, until: float | None
+                ) -> list[Row]:
+        return [r for r in self.rows if r.name == name and r.measure == measure
+                and (since is None or r.t >= since) and (until is None or r.t <= until)]
+
+    def series(self, name: str, measure: str, since: float | None = None,
+               until: float | None = None) -> list[float]:
+        """Return the values of ``measure`` for ``name``, oldest first.
+
+        ``since`` and ``until`` (the sampler's clock, :meth:`now`) limit it to a phase.
+        """
+        return [r.value for r in self._select(name, measure, since, until)]
+
+    def times(self, name: str, measure: str, since: float | None = None,
+              until: float | None = None) -> list[float]:
         """Return the sample times (s since start) of :meth:`series`."""
-        return [r.t for r in self.rows if r.name == name and r.measure == measure]
+        return [r.t for r in self._select(name, measure, since, until)]
 
-    def peak(self, name: str, measure: str) -> float | None:
+    def peak(self, name: str, measure: str, since: float | None = None,
+             until: float | None = None) -> float | None:
         """Return the highest value of ``measure`` for ``name`` (None if never sampled)."""
-        values = self.series(name, measure)
+        values = self.series(name, measure, since, until)
         return max(values) if values else None
 
     def write_csv(self, path: Path) -> Path:
@@ -336,13 +357,14 @@ class Sampler:
             written.append(target)
         return written
 
-    def growth_table(self, measures: Sequence[str] = ("rss_mib", "threads", "fds", "mib")
+    def growth_table(self, measures: Sequence[str] = ("rss_mib", "threads", "fds", "mib"),
+                     since: float | None = None, until: float | None = None
                      ) -> list[dict[str, object]]:
         """Return first-third and last-third medians of each name's ``measures``."""
         out: list[dict[str, object]] = []
         for name in self.names():
             for measure in measures:
-                values = self.series(name, measure)
+                values = self.series(name, measure, since, until)
                 if len(values) >= 3:
                     g = growth(values)
                     out.append({"name": name, "measure": measure, "first": g.first,

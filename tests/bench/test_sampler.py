@@ -157,3 +157,19 @@ def test_growth_needs_three_samples_and_uses_medians() -> None:
     g = growth([10, 10, 500, 10, 10, 10, 10, 11, 11])
     assert g == Growth(10.0, 11.0) and not g.exceeds(absolute=2)
     assert g.exceeds(relative=0.05)
+
+
+def test_a_process_alone_and_a_phase_of_the_run(children: list[Child]) -> None:
+    """tree=False leaves the children out; since/until select a phase by the clock."""
+    parent = Child("flat", fork=True)
+    children.append(parent)
+    parent.step()
+    sampler = Sampler(interval=60).watch("alone", parent.proc.pid, tree=False)
+    sampler.watch("tree", parent.proc.pid)
+    sampler.sample()
+    mark = sampler.now()
+    sampler.sample()
+    assert sampler.series("alone", "processes") == [1.0, 1.0]
+    assert sampler.series("tree", "processes") == [2.0, 2.0]
+    assert len(sampler.series("tree", "rss_mib", since=mark)) == 1
+    assert len(sampler.series("tree", "rss_mib", until=mark)) == 1
