@@ -149,6 +149,25 @@ def tree_pids(root: int, table: dict[int, _Proc]) -> list[int]:
     return found
 
 
+def cmdline(pid: int) -> str:
+    """Return the command line of ``pid`` ('' if it is gone)."""
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
+
+
+def find_in_tree(root: int, marker: str) -> int | None:
+    """Return the first process of ``root``'s tree whose command line holds ``marker``.
+
+    For the parts of a daemon tree: ``find_in_tree(server_pid, "flower-superlink")``.
+    """
+    for pid in tree_pids(root, process_table()):
+        if marker in cmdline(pid):
+            return pid
+    return None
+
+
 def _fd_count(pid: int) -> int:
     try:
         return len(os.listdir(f"/proc/{pid}/fd"))
