@@ -24,12 +24,13 @@ pytestmark = pytest.mark.integration
 
 ROUNDS = 8
 KEEP = 2
-RSS_BOUND = (40.0, 0.10)
-"""MiB + share of the first third's median. The SuperLink and ServerApp settle after
-round 1 (TensorFlow's graphs, SQLite's page cache), so sampling starts after it; 8
-rounds x a 0.4 MiB model stored in the SuperLink's database is far below this, while
-a leak of a model copy per round and device (24 x 0.4 MiB) or of a ClientApp-sized
-buffer would not be."""
+RSS_BOUNDS = {"superlink": (10.0, 0.05), "serverapp": (40.0, 0.05)}
+"""Growth allowed (MiB + share of the first third's median), sampled from the end of
+round 1 (TensorFlow's graphs, the app install, SQLite's cache are paid by then) to the
+end of round 8. Measured on 2 vCPUs (2026-12-04): SuperLink +0.6 MiB (of 150), ServerApp
++22 MiB (of 652; about 3 MiB a round, see the soak notes in benchmarks/README.md). The
+model is only 85 kB, so these bounds catch leaks of megabytes per round (a Keras model
+or a figure kept per round, a buffer per ClientApp message), not of one model copy."""
 THREADS_BOUND = 2.0
 FDS_BOUND = 4.0
 
@@ -78,8 +79,9 @@ def test_eight_rounds_do_not_grow_the_server_and_keep_few_checkpoints(
         rss = growth(sampler.series(name, "rss_mib"))
         threads = growth(sampler.series(name, "threads"))
         fds = growth(sampler.series(name, "fds"))
+        print(f"{name}: rss {rss}, threads {threads}, fds {fds}")  # shown with -s
         assert len(sampler.series(name, "rss_mib")) >= 30, "too few samples to judge"
-        assert not rss.exceeds(*RSS_BOUND), (name, "rss", rss)
+        assert not rss.exceeds(*RSS_BOUNDS[name]), (name, "rss", rss)
         assert not threads.exceeds(THREADS_BOUND), (name, "threads", threads)
         assert not fds.exceeds(FDS_BOUND), (name, "fds", fds)
 
