@@ -66,7 +66,8 @@ def main(grid: Grid, context: Context) -> None:
     progress = ProgressFile(files.directory if files else None, settings.num_rounds)
     watch = RunWatch(files.directory if files else None,
                      Path(settings.tensorboard) / f"run-{context.run_id}"
-                     if settings.tensorboard else None)
+                     if settings.tensorboard else None,
+                     keep_checkpoints=settings.keep_checkpoints)
     try:
         strategy = FedfleetStrategy(
             make_strategy(settings),

@@ -7,7 +7,8 @@ One object, three calls, for the run loop:
     watch.round_done(record, checkpoint_path)  # after each round's checkpoint is saved
     watch.run_done(record, final_model_path)   # after the final model is saved
 
-Each call registers checkpoints in ``models.json``, redraws the plots and writes the
+Each call registers checkpoints in ``models.json`` (and, with ``--keep-checkpoints``,
+removes old ones and marks them there), redraws the plots and writes the
 TensorBoard scalars; ``run_done`` also writes ``report.html``. None of it may end a
 training run: a failure is logged as a warning and the run goes on.
 """
@@ -30,9 +31,15 @@ T = TypeVar("T")
 class RunWatch:
     """Keeps a run's plots, report, registry and TensorBoard files up to date."""
 
-    def __init__(self, run_dir: Path | None, tensorboard_dir: Path | None = None) -> None:
-        """Watch the run in ``run_dir`` (None: no files); TensorBoard into its own dir."""
+    def __init__(self, run_dir: Path | None, tensorboard_dir: Path | None = None,
+                 keep_checkpoints: int = 0) -> None:
+        """Watch the run in ``run_dir`` (None: no files); TensorBoard into its own dir.
+
+        ``keep_checkpoints`` > 0 prunes old checkpoints after each round (see
+        :mod:`fedfleet.server.retention`).
+        """
         self.run_dir = run_dir
+        self.keep_checkpoints = keep_checkpoints
         self.tensorboard_dir = tensorboard_dir
         self._tensorboard: Any = None
         self.plot_seconds = 0.0
@@ -61,6 +68,14 @@ class RunWatch:
         self.plot_seconds = time.perf_counter() - started
         return files
 
+    def _prune(self, run_dir: Path, rows: list[dict[str, Any]]) -> None:
+        from fedfleet.server.retention import prune_checkpoints
+        from fedfleet.shared.registry import mark_removed
+
+        pruned = prune_checkpoints(run_dir, rows, self.keep_checkpoints)
+        mark_removed(run_dir, pruned.files,
+                     f"retention: --keep-checkpoints {self.keep_checkpoints}")
+
     def initial(self, record: Mapping[str, Any]) -> None:
         """Record the initial model (round 0): TensorBoard step 0."""
         board = self._board()
@@ -80,6 +95,9 @@ class RunWatch:
             run_dir = self.run_dir
             self._safely("register the checkpoint",
                          lambda: register_checkpoint(run_dir, row, checkpoint))
+        if self.keep_checkpoints > 0 and self.run_dir is not None:
+            run_dir = self.run_dir
+            self._safely("prune old checkpoints", lambda: self._prune(run_dir, rows))
         self._safely("draw the plots", lambda: self._plots(record))
         board = self._board()
         if board is not None:

@@ -74,7 +74,7 @@ def _run_models(run_dir: Path, verify: bool, format: str) -> int:
         header = ["round", "file", "sha256", "test acc", "devices"]
         click.echo(_table(header + (["verified"] if verify else []),
                           [r if verify else r[:-1] for r in rows]))
-    return sum(c not in ("", "ok") for c in checks)
+    return sum(c not in ("", "ok", "removed") for c in checks)
 
 
 def _device_models(home: Path, verify: bool, format: str) -> int:

@@ -10,7 +10,7 @@ updated under a lock and replaced atomically.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -85,6 +85,35 @@ def register_checkpoint(run_dir: Path, round_row: Mapping[str, Any], path: Path
     return entry
 
 
+def mark_removed(run_dir: Path, files: Iterable[str], reason: str) -> list[str]:
+    """Mark the entries of ``files`` (relative to the run folder) as removed.
+
+    The entries stay, with their digest and metrics, plus ``removed`` (``reason``)
+    and ``removed_at``; checkpoint retention calls this after deleting files.
+
+    Returns
+    -------
+    list of str
+        The files whose entries were marked now (already marked ones are not).
+    """
+    wanted = set(files)
+    if not wanted:
+        return []
+    marked: list[str] = []
+    with locked(run_dir / f".{REGISTRY_FILE}.lock"):
+        models = read_registry(run_dir)
+        if models is None:
+            return []
+        for entry in models:
+            if entry.get("file") in wanted and not entry.get("removed"):
+                entry["removed"] = reason
+                entry["removed_at"] = time.time()
+                marked.append(str(entry["file"]))
+        if marked:
+            write_json_atomic(run_dir / REGISTRY_FILE, {"models": models})
+    return marked
+
+
 def entries_from_record(run_dir: Path, record: RecordView) -> list[dict[str, Any]]:
     """Return entries for the checkpoints a record names (for runs without a registry).
 
@@ -116,12 +145,17 @@ def registry_entries(run_dir: Path, record: RecordView | None = None
 
 
 def verify_entry(run_dir: Path, entry: Mapping[str, Any]) -> str:
-    """Return ``ok``, ``missing``, ``MISMATCH``, ``unrecorded`` or ``outside`` for an entry."""
+    """Return ``ok``, ``missing``, ``MISMATCH``, ``unrecorded``, ``outside`` or ``removed``.
+
+    ``removed``: checkpoint retention deleted the file on purpose (the entry says so).
+    """
     name = str(entry.get("file", ""))
     root = run_dir.resolve()
     path = (root / name).resolve()
     if not name or not path.is_relative_to(root):
         return "outside"
+    if entry.get("removed") and not path.exists():
+        return "removed"
     if not path.is_file():
         return "missing"
     if not entry.get("sha256"):

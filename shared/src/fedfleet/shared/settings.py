@@ -100,6 +100,7 @@ class RunSettings:
     max_examples_ratio: float = 3.0
     max_update_norm_ratio: float = 10.0
     min_replies: int = 1
+    keep_checkpoints: int = 0  # newest rounds' checkpoints kept (+ the best); 0: all
     resume_from: str = ""  # run directory of an interrupted run to continue
     fedfleet_version: str = field(default="")
 
@@ -128,6 +129,7 @@ class RunSettings:
             (self.max_examples_ratio >= 0, "max-examples-ratio must be >= 0"),
             (self.max_update_norm_ratio >= 0, "max-update-norm-ratio must be >= 0"),
             (self.min_replies >= 1, "min-replies must be >= 1"),
+            (self.keep_checkpoints >= 0, "keep-checkpoints must be >= 0"),
             (self.compression in METHODS,
              f"compression must be one of {', '.join(METHODS)}"),
         ]

@@ -105,6 +105,12 @@ RUN_OPTIONS: list[Callable[[Any], Any]] = [
                  help="After the quorum, wait this many times as long again as the "
                       "quorum took (at least 10 s) for the other clients, then close "
                       "the round."),
+    click.option("--keep-checkpoints", type=click.IntRange(min=0),
+                 default=D.keep_checkpoints, show_default=True,
+                 help="Keep only the checkpoints of the newest N rounds, plus the best "
+                      "round's (test accuracy, else client eval accuracy); older ones "
+                      "are deleted after each round and marked removed in models.json. "
+                      "0 keeps all."),
     click.option("--tensorboard", type=DIR, default=None,
                  help="Also write every round's scalars as TensorBoard event files under "
                       "DIR/run-<id> (view: tensorboard --logdir DIR)."),
