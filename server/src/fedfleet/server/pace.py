@@ -9,10 +9,12 @@ push of its instruction to its usable reply.
   weighted :data:`ALPHA`. One hiccup (a busy device, a slow network) moves the
   estimate a little; a lasting change moves it within a few rounds.
 - A device that has not answered when its round closed after ``w`` seconds needed
-  more than ``w``: the estimate becomes the lower bound ``max(estimate, w)``, marked as
-  such; its next real reply replaces a lower bound outright. The next round then waits
-  ``margin`` times longer for it, so a slow device is found in a few rounds (a device
-  2x slower than the grace: one round), while the cap bounds what a silent one costs.
+  more than ``w``: its estimate becomes ``max(estimate, PROBE x w)``, marked as a guess;
+  its next real reply replaces a guess outright. The next round therefore waits
+  ``PROBE x margin`` (3) times as long for it, at most up to the cap: a device up to
+  that much slower than the round that left it out contributes from the next round
+  on, a slower one within a few rounds. Waiting for a device that then answers costs
+  only its own reply time; waiting for one that stays silent costs at most the cap.
 - A reply that is an error, and a device that was offline, tell nothing about pace.
 
 When a round has its quorum after ``q`` seconds (:class:`PacedClose`), it closes at
@@ -34,13 +36,16 @@ ALPHA = 0.3
 """Weight of a new reply time in the estimate."""
 CLIP = 3.0
 """A reply time counts at most this many times the estimate (at least 1/CLIP of it)."""
+PROBE = 2.0
+"""A device that missed a round that closed after ``w`` seconds is guessed to need
+this many times ``w``."""
 DEFAULT_MARGIN = 1.5
-DEFAULT_CAP = 6.0
+DEFAULT_CAP = 10.0
 
 
 @dataclass(frozen=True)
 class Pace:
-    """A device's expected reply time; ``observed`` False: only a lower bound."""
+    """A device's expected reply time; ``observed`` False: a guess after a miss."""
 
     seconds: float
     observed: bool
@@ -78,10 +83,11 @@ class PaceBook:
 
     def missed(self, kind: str, nodes: Iterable[int], waited: float) -> None:
         """Learn that ``nodes`` had not answered when their round closed after ``waited``."""
+        guess = PROBE * waited
         for node in nodes:
             old = self._paces.get((kind, node))
-            if old is None or old.seconds < waited:
-                self._paces[(kind, node)] = Pace(waited, False)
+            if old is None or old.seconds < guess:
+                self._paces[(kind, node)] = Pace(guess, False)
 
     def close(self, kind: str, start: float, took: float, plain: float,
               pending: Iterable[int]) -> PacedClose:

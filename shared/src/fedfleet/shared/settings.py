@@ -101,7 +101,7 @@ class RunSettings:
     round_grace: float = 1.0
     round_deadline: str = "fixed"
     round_pace_margin: float = 1.5
-    round_pace_cap: float = 6.0
+    round_pace_cap: float = 10.0
     straggler_rounds: int = 3
     client_wait_timeout: float = 300.0
     client_eval: str = "with-train"
