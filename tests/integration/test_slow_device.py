@@ -33,8 +33,7 @@ def test_a_slow_device_contributes_to_every_round_once_paced(fleet: Fleet,
         "--local-epochs", "1", "--exit-when-done", "--state-dir", "state",
         "--output-dir", "out", "--client-wait-timeout", "300", "--rounds", str(ROUNDS),
         "--fraction-evaluate", "0", "--round-timeout", "240",
-        "--round-deadline", "paced", "--round-pace-margin", "2", "--round-pace-cap", "30",
-        "--straggler-rounds", "2")
+        "--round-deadline", "paced", "--straggler-rounds", "2")  # margin 1.5, cap 10x
     fleet.start("fast", "join", "--insecure", "--server", f"127.0.0.1:{port}",
                 "--partition", "0/2", "--runtime-port", str(free_port()), "--home", "fast",
                 "--connect-timeout", "60")
