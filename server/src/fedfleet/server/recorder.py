@@ -135,8 +135,8 @@ class RunRecorder:
             if entry["missed_in_a_row"] == self.straggler_rounds:
                 stragglers.append(node)
                 log.warning("Node %s contributed to none of the last %d rounds it was "
-                            "asked in (%d of %d in this run); too slow for the round's "
-                            "deadline (try --round-deadline paced) or failing",
+                            "asked in (%d of %d in this run): slower than the round's "
+                            "deadline (see --round-deadline, --round-pace-cap) or failing",
                             node, self.straggler_rounds, entry["contributed"],
                             entry["asked"])
         if stragglers:
