@@ -15,6 +15,7 @@ from flwr.supercore.task_identity import TaskIdentity
 from fedfleet.server import grid as grid_module
 from fedfleet.server.grid import PromptGrid
 from fedfleet.server.intake import DEADLINE_CODE
+from fedfleet.server.pace import ALPHA, CLIP, Pace, PaceBook
 from fedfleet.server.progress import ProgressFile, read_progress
 
 SILENT = None
@@ -210,3 +211,154 @@ def test_live_progress_hears_of_every_device(clock: Clock, tmp_path: Path) -> No
     state = read_progress(tmp_path)
     assert state is not None and (state["round"], state["phase"]) == (2, "train")
     assert state["devices"] == {"1": "replied", "2": "failed", "3": "no reply"}
+
+
+# -- the paced deadline (--round-deadline paced) --------------------------------------
+
+FAST, SLOW = 4.0, 28.0
+"""Two devices answer after 4 s: the fixed policy closes at 4 + max(10, 4) = 14 s; the
+third needs 28 s, twice that."""
+
+
+def _rounds(clock: Clock, delays: dict[int, float | None], rounds: int,
+            pace: PaceBook | None, changes: dict[int, dict[int, float | None]] | None = None
+            ) -> list[tuple[set[int], float]]:
+    """Run ``rounds`` rounds on one grid; per round the late nodes and its length.
+
+    ``changes[r]`` updates the delays before round ``r`` (1-based).
+    """
+    inner = ScriptedGrid(clock, dict(delays))
+    grid = PromptGrid(inner, quorum=0.5, grace=1.0, pace=pace)  # type: ignore[arg-type]
+    out = []
+    for run_round in range(1, rounds + 1):
+        inner.delays.update((changes or {}).get(run_round, {}))
+        start = clock.now
+        messages = [Message(RecordDict(), dst_node_id=node, message_type="train")
+                    for node in delays]
+        replies = list(grid.send_and_receive(messages, timeout=300))
+        assert len(replies) == len(delays)
+        out.append(({r.metadata.src_node_id for r in replies if _late(r)},
+                     clock.now - start))
+        clock.sleep(5.0)  # aggregation between rounds
+    return out
+
+
+def test_the_fixed_deadline_drops_a_device_twice_as_slow_as_the_grace_every_round(
+        clock: Clock) -> None:
+    """Default policy: the slow device is 'no reply by the deadline' in every round."""
+    # Prepare
+    delays: dict[int, float | None] = {1: FAST, 2: FAST, 3: SLOW}
+    # Execute
+    rounds = _rounds(clock, delays, 4, pace=None)
+    # Assert
+    assert [late for late, _ in rounds] == [{3}] * 4
+    assert [took for _, took in rounds] == pytest.approx([14.0] * 4, abs=0.3)
+
+
+def test_the_paced_deadline_waits_for_a_known_slow_device_every_round(
+        clock: Clock) -> None:
+    """Paced: left out once (never seen: plain grace), then waited for every round."""
+    # Prepare
+    delays: dict[int, float | None] = {1: FAST, 2: FAST, 3: SLOW}
+    pace = PaceBook(margin=1.5, cap=10.0)
+    # Execute
+    rounds = _rounds(clock, delays, 5, pace)
+    # Assert
+    assert [late for late, _ in rounds] == [{3}, set(), set(), set(), set()]
+    assert rounds[0][1] == pytest.approx(14.0, abs=0.3)
+    assert [took for _, took in rounds[1:]] == pytest.approx([SLOW] * 4, abs=0.3)
+    learned = pace.get("train", 3)
+    assert learned is not None and learned.observed
+    assert learned.seconds == pytest.approx(SLOW, abs=0.3)
+
+
+def test_a_known_device_that_goes_silent_is_cut_at_the_cap(clock: Clock) -> None:
+    """Known at 28 s (x 1.5 = 42 s expected), silent from round 3: cut at 10 x 4 s = 40 s.
+
+    The round after, its guess (2 x 40 s) is still over the cap: cut at the cap again.
+    """
+    # Prepare
+    delays: dict[int, float | None] = {1: FAST, 2: FAST, 3: SLOW}
+    pace = PaceBook(margin=1.5, cap=10.0)
+    # Execute
+    rounds = _rounds(clock, delays, 4, pace, changes={3: {3: SILENT}})
+    # Assert
+    assert [late for late, _ in rounds] == [{3}, set(), {3}, {3}]
+    assert [took for _, took in rounds[2:]] == pytest.approx([40.0, 40.0], abs=0.3)
+
+
+def test_a_silent_device_costs_its_expected_time_when_under_the_cap(
+        clock: Clock) -> None:
+    """Known at 10 s: silent, it holds the round until 1.5 x 10 s, not the cap (40 s)."""
+    # Prepare
+    delays: dict[int, float | None] = {1: FAST, 2: FAST, 3: 10.0}
+    pace = PaceBook(margin=1.5, cap=10.0)
+    # Execute
+    rounds = _rounds(clock, delays, 3, pace, changes={3: {3: SILENT}})
+    # Assert
+    assert [late for late, _ in rounds] == [set(), set(), {3}]
+    assert rounds[2][1] == pytest.approx(15.0, abs=0.3)
+
+
+def test_a_paced_round_closes_at_the_grace_once_the_known_devices_answered(
+        clock: Clock) -> None:
+    """A never-seen silent device gets the plain grace, also next to a known slow one."""
+    # Prepare
+    delays: dict[int, float | None] = {1: FAST, 2: FAST, 3: 12.0}
+    pace = PaceBook(margin=1.5, cap=10.0)
+    _rounds(clock, delays, 1, pace)
+    inner = ScriptedGrid(clock, {1: FAST, 2: FAST, 3: 12.0, 4: SILENT})
+    grid = PromptGrid(inner, quorum=0.5, grace=1.0, pace=pace)  # type: ignore[arg-type]
+    messages = [Message(RecordDict(), dst_node_id=node, message_type="train")
+                for node in (1, 2, 3, 4)]
+    start = clock.now
+    # Execute
+    replies = list(grid.send_and_receive(messages, timeout=300))
+    # Assert: 3 (expected by 18 s) answers at 12 s; 4 is cut at the grace, 14 s
+    assert {r.metadata.src_node_id for r in replies if _late(r)} == {4}
+    assert clock.now - start == pytest.approx(14.0, abs=0.3)
+
+
+def test_the_pace_estimate_is_robust_to_one_outlier() -> None:
+    """One reply 10x slower moves the estimate by ALPHA x (CLIP - 1) x, not 10x."""
+    # Prepare
+    book = PaceBook()
+    for _ in range(3):
+        book.replied("train", 7, 10.0)
+    # Execute
+    book.replied("train", 7, 100.0)
+    # Assert
+    pace = book.get("train", 7)
+    assert pace is not None
+    assert pace.seconds == pytest.approx(10.0 + ALPHA * (CLIP - 1) * 10.0)
+    assert book.get("evaluate", 7) is None  # paces are per message type
+
+
+def test_a_paced_round_only_looks_at_its_own_devices(clock: Clock) -> None:
+    """The book of a thousand idle devices is not read: a round's work is its devices."""
+    # Prepare
+    pace = PaceBook()
+    for node in range(1000, 2000):
+        pace.replied("train", node, 250.0)  # slow, but not in this round
+
+    class Counting(dict[tuple[str, int], Pace]):
+        """Counts lookups; reading the whole book fails the test."""
+
+        reads = 0
+
+        def get(self, key: object, default: object = None) -> object:  # type: ignore[override]
+            Counting.reads += 1
+            return super().get(key, default)  # type: ignore[arg-type]
+
+        def _whole(self, *_: object) -> object:
+            raise AssertionError("the whole pace book was read")
+
+        __iter__ = items = values = keys = _whole  # type: ignore[assignment]
+
+    pace._paces = Counting(pace._paces)  # noqa: SLF001 - count the reads
+    # Execute
+    replies, took = _send(clock, {1: FAST, 2: FAST, 3: SILENT}, quorum=0.5, grace=1.0,
+                          pace=pace)  # type: ignore[arg-type]
+    # Assert
+    assert _late(replies[3]) and took == pytest.approx(14.0, abs=0.3)
+    assert Counting.reads <= 6

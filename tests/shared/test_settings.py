@@ -36,6 +36,10 @@ def test_from_run_config_converts_types_and_ignores_unknown_keys() -> None:
         ({"input_shape": "8,x"}, "input-shape"),
         ({"strategy_params": "oops"}, "key=value"),
         ({"num_classes": 1}, "num-classes"),
+        ({"round_deadline": "adaptive"}, "round-deadline must be one of fixed, paced"),
+        ({"round_pace_margin": 0.5}, "round-pace-margin"),
+        ({"round_pace_cap": 0.0}, "round-pace-cap"),
+        ({"straggler_rounds": 0}, "straggler-rounds"),
     ],
 )
 def test_invalid_settings_name_the_setting(change: dict[str, object], message: str
@@ -56,3 +60,12 @@ def test_version_compatibility_is_major_minor() -> None:
     """Patch releases mix; minor releases do not."""
     assert compatible("0.1.0", "0.1.7")
     assert not compatible("0.2.0", "0.1.0")
+
+
+def test_the_paced_deadline_travels_in_the_run_config() -> None:
+    """The deadline settings go to Flower's run config and come back typed."""
+    settings = RunSettings(round_deadline="paced", round_pace_cap=4.0, straggler_rounds=5)
+    config = settings.to_run_config()
+    assert (config["round-deadline"], config["round-pace-margin"]) == ("paced", 1.5)
+    assert RunSettings.from_run_config(config) == settings
+    assert RunSettings().round_deadline == "fixed"

@@ -11,9 +11,18 @@ device until its timeout. ``PromptGrid`` wraps it and polls with the same public
   A silent device therefore costs a round about twice the median device's time, not
   the whole timeout, and an honest device up to twice as slow as the median still
   makes it.
+- with a :class:`~fedfleet.server.pace.PaceBook` (``--round-deadline paced``) the
+  round may wait longer after its quorum: until the slowest device of the round that
+  has not answered is expected to (its learned reply time x a margin), at most ``cap``
+  times as long as the quorum took; see :mod:`fedfleet.server.pace`. The grid tells the
+  book every usable reply's time and every device still silent at the close.
 - every device that has not answered when the round closes gets an error reply
   (code :data:`~fedfleet.server.intake.DEADLINE_CODE`, "no reply by the deadline")
-  in its name, so the record names it; its reply, if it comes later, is never pulled.
+  in its name, so the record names it; its reply, if it comes later, is never pulled:
+  it was computed on the previous global model, and Flower's strategies (and the reply
+  intake's norm check against the round's global model) have no notion of a stale
+  update, so folding it into the next round would be unsound for most of them. The
+  paced deadline waits for a known-slow device instead, so it is not late at all.
 - an error reply the SuperLink made for a device (node unavailable: sent from the
   SuperLink's own node id) is put back in the name of the device it was meant for.
 - a device the SuperLink calls unavailable (its SuperNode stopped: a restart, an update
@@ -37,6 +46,7 @@ from flwr.common.constant import ErrorCode
 from flwr.serverapp import Grid
 
 from fedfleet.server.intake import DEADLINE_CODE, DEADLINE_REASON
+from fedfleet.server.pace import PaceBook, PacedClose
 from fedfleet.server.progress import ProgressFile
 
 log = logging.getLogger("fedfleet")
@@ -57,10 +67,13 @@ class PromptGrid(Grid):
 
     def __init__(self, grid: Grid, poll: float = DEFAULT_POLL, quorum: float = 1.0,
                  grace: float = 1.0, min_grace: float = MIN_GRACE,
-                 progress: ProgressFile | None = None) -> None:
+                 progress: ProgressFile | None = None, pace: PaceBook | None = None
+                 ) -> None:
         """Wrap ``grid``; ``quorum`` 1.0 waits for every device (up to the timeout).
 
-        ``progress`` hears of instructions sent and replies received, for live views.
+        ``progress`` hears of instructions sent and replies received, for live views;
+        ``pace`` (the paced deadline) learns each device's reply time and may keep a
+        round open after the quorum for the devices it expects.
         """
         self._grid = grid
         self._poll = poll
@@ -68,6 +81,7 @@ class PromptGrid(Grid):
         self._grace = grace
         self._min_grace = min_grace
         self._progress = progress
+        self.pace = pace
 
     def set_run(self, run: Any) -> None:
         """Pass through."""
@@ -112,7 +126,11 @@ class PromptGrid(Grid):
         if self._progress is not None and sent:
             self._progress.asked(messages[0].metadata.message_type,
                                  [_node(msg) for msg in sent.values()])
-        deadline = math.inf if timeout is None else start + timeout
+        kind = messages[0].metadata.message_type if messages else ""
+        hard = math.inf if timeout is None else start + timeout
+        deadline = hard
+        closing: PacedClose | None = None
+        waiting = {instruction[mid].metadata.dst_node_id for mid in pending}
         needed = max(1, math.ceil(self._quorum * len(sent)))
         usable = 0
         replies: list[Message] = []
@@ -131,21 +149,31 @@ class PromptGrid(Grid):
                              "if it is back while the round is open", node,
                              original.metadata.message_type)
                     continue
+                waiting.discard(node)
                 replies.append(_in_name_of(reply, original))
                 if self._progress is not None:
                     self._progress.answered(_node(original), not reply.has_error())
                 if not reply.has_error():
                     usable += 1
+                    took = time.monotonic() - start
+                    if self.pace is not None:
+                        self.pace.replied(kind, node, took)
                     if usable == needed and (pending or away):
-                        took = time.monotonic() - start
-                        deadline = min(deadline, time.monotonic()
-                                       + max(self._min_grace, self._grace * took))
+                        plain = time.monotonic() + max(self._min_grace, self._grace * took)
+                        deadline = min(hard, plain)
+                        if self.pace is not None:
+                            closing = self.pace.close(kind, start, took, plain, waiting)
+                if closing is not None:
+                    deadline = min(hard, closing.deadline(waiting))
             if away and time.monotonic() >= next_check:
                 next_check = time.monotonic() + RETURN_CHECK
                 pending |= self._ask_again(away, resends, instruction)
             if pending or away:
                 time.sleep(self._poll)
         waited = time.monotonic() - start
+        if self.pace is not None:
+            self.pace.missed(kind, (instruction[mid].metadata.dst_node_id
+                                    for mid in pending), waited)
         replies.extend(error for _, error in away.values())
         if self._progress is not None:
             self._progress.silent(_node(instruction[mid]) for mid in pending)

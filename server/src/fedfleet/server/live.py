@@ -4,6 +4,10 @@
 :class:`LiveView` redraws them in place (ANSI cursor movement). Used by
 ``fedfleet server`` and ``fedfleet run`` when their output is a terminal; otherwise
 they print one plain line per finished round, as before.
+
+Each device of the round in flight shows the train rounds it contributed to of those
+it was asked in (the record's ``participation``), and a line names the devices that
+contributed to none of the last ``straggler-rounds`` rounds they were asked in.
 """
 
 from __future__ import annotations
@@ -13,12 +17,15 @@ import time
 from typing import TextIO
 
 from fedfleet.server.progress import RoundProgress
+from fedfleet.shared.recordview import RecordView
 from fedfleet.shared.runrecord import RoundRow, RunRecord
 
 TABLE_ROUNDS = 12
 """Finished rounds shown in the table (the newest)."""
 DEVICES_SHOWN = 16
 """Devices listed one per line; beyond that, counted by state."""
+STRAGGLERS_SHOWN = 5
+"""Straggling devices named; beyond that, counted."""
 
 
 def _duration(seconds: float) -> str:
@@ -87,8 +94,11 @@ def frame(record: RunRecord | None, progress: RoundProgress | None, run_id: int,
     if left is not None:
         head.append(f"about {_duration(left)} left")
     lines = [" · ".join(head)]
+    view = RecordView(record)
+    book = view.participation() if "participation" in record else {}
     if in_flight and progress is not None:
-        lines += _devices(progress, now)
+        lines += _devices(progress, now, book)
+    lines += _stragglers(book, view.straggler_rounds())
     lines.append(f"{'round':>5}  {'time':>7}  {'replies':<16} {'train loss':>10}  "
                  f"{'client acc':>10}  {'test acc':>8}")
     if len(rounds) > TABLE_ROUNDS:
@@ -101,17 +111,39 @@ def frame(record: RunRecord | None, progress: RoundProgress | None, run_id: int,
     return lines
 
 
-def _devices(progress: RoundProgress, now: float) -> list[str]:
+def _devices(progress: RoundProgress, now: float,
+             book: dict[str, dict[str, int]]) -> list[str]:
     devices = sorted(progress["devices"].items())
     working = _duration(now - progress["started_at"])
     if len(devices) <= DEVICES_SHOWN:
-        return [f"  node {node:<22} {state}{' ' + working if state == 'working' else ''}"
+        return [(f"  node {node:<22} "
+                 f"{state + (' ' + working if state == 'working' else ''):<16}"
+                 f"{_rounds(book.get(node))}").rstrip()
                 for node, state in devices]
     counts: dict[str, int] = {}
     for _, state in devices:
         counts[state] = counts.get(state, 0) + 1
     return ["  " + ", ".join(f"{n} {state}" for state, n in sorted(counts.items()))
             + f" (of {len(devices)} devices asked)"]
+
+
+def _rounds(entry: dict[str, int] | None) -> str:
+    """Return "contributed to C of A rounds" for a device with a participation entry."""
+    if not entry:
+        return ""
+    return f"contributed to {entry['contributed']} of {entry['asked']} rounds"
+
+
+def _stragglers(book: dict[str, dict[str, int]], k: int) -> list[str]:
+    """Return a line naming the devices that missed their last ``k`` rounds, if any."""
+    late = sorted(node for node, entry in book.items() if entry["missed_in_a_row"] >= k)
+    if not late:
+        return []
+    named = ", ".join(late[:STRAGGLERS_SHOWN])
+    more = f" and {len(late) - STRAGGLERS_SHOWN} more" if len(late) > STRAGGLERS_SHOWN \
+        else ""
+    return [f"  ! contributed to none of the last {k} rounds they were asked in: "
+            f"node {named}{more}"]
 
 
 class LiveView:

@@ -7,6 +7,12 @@ the clients, errors and timings, files the clients' scores of the previous globa
 model under the round that produced it, and writes the record after every change
 that matters. It makes no decisions: which replies count is the intake's, whether a
 round ends the run the round policy's.
+
+Per device it also counts the train rounds it was asked in and contributed to
+(``participation`` in the record), and warns (a log line, and ``stragglers`` in the
+round's row) when a device has contributed to none of the last ``straggler_rounds``
+rounds it was asked in: a device too slow for the round's deadline, or broken. Only
+the devices of the round are touched, so idle devices cost nothing per round.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from fedfleet.shared.runrecord import (
     CentralScores,
     ClientRow,
     ErrorRow,
+    Participation,
     Phase,
     RoundRow,
     RunInfo,
@@ -34,13 +41,21 @@ from fedfleet.shared.runrecord import (
 
 log = logging.getLogger("fedfleet")
 
+DEFAULT_STRAGGLER_ROUNDS = 3
+
 
 class RunRecorder:
     """Keeps one run's record and writes it to the run's files (if it has a folder)."""
 
-    def __init__(self, files: RunFiles | None, info: RunInfo) -> None:
-        """Start the record of a run that has just begun, and write it."""
+    def __init__(self, files: RunFiles | None, info: RunInfo,
+                 straggler_rounds: int = DEFAULT_STRAGGLER_ROUNDS) -> None:
+        """Start the record of a run that has just begun, and write it.
+
+        A device that contributes to none of ``straggler_rounds`` rounds in a row that
+        it was asked in is warned about.
+        """
         self.files = files
+        self.straggler_rounds = straggler_rounds
         self.record: RunRecord = new_record(info)
         self.row: RoundRow = {}
         self._clients: dict[str, ClientRow] = {}
@@ -97,6 +112,35 @@ class RunRecorder:
         row["rejected_replies"] = sum(1 for e in errors if e["kind"] == "rejected")
         row["no_reply"] = sum(1 for e in errors if e["kind"] == "deadline")
         row["train_phase_s"] = time.perf_counter() - self._t0
+        contributed = {r.node_id for r in result.reports if r.weight is not None}
+        asked = contributed | {r.node_id for r in result.rejected}
+        self._participation(asked, contributed)
+
+    def _participation(self, asked: set[str], contributed: set[str]) -> None:
+        """Count the round for the devices ``asked``; warn of new stragglers."""
+        run_round = self.row.get("round", 0)
+        book = self.record.setdefault("participation", {})
+        stragglers = []
+        for node in sorted(asked):
+            entry: Participation = book.setdefault(node, {
+                "asked": 0, "contributed": 0, "missed_in_a_row": 0,
+                "last_contributed": None})
+            entry["asked"] += 1
+            if node in contributed:
+                entry["contributed"] += 1
+                entry["missed_in_a_row"] = 0
+                entry["last_contributed"] = run_round
+                continue
+            entry["missed_in_a_row"] += 1
+            if entry["missed_in_a_row"] == self.straggler_rounds:
+                stragglers.append(node)
+                log.warning("Node %s contributed to none of the last %d rounds it was "
+                            "asked in (%d of %d in this run): slower than the round's "
+                            "deadline (see --round-deadline, --round-pace-cap) or failing",
+                            node, self.straggler_rounds, entry["contributed"],
+                            entry["asked"])
+        if stragglers:
+            self.row["stragglers"] = stragglers
 
     def evaluate_replies(self, result: IntakeResult) -> None:
         """Keep what the intake made of the round's evaluate replies."""

@@ -1,7 +1,9 @@
 """One self-contained HTML page per run: ``RUN_DIR/report.html``.
 
 The page references its plots relatively (``plots/*.png``), has no scripts and no
-external resources, so the run folder can be copied or served as it is. Everything
+external resources, so the run folder can be copied or served as it is. Besides
+the rounds, failures and models it lists every device with the rounds it was asked in
+and contributed to. Everything
 from the record is HTML-escaped: error texts and metric names come from devices.
 """
 
@@ -120,6 +122,28 @@ def _errors(record: RecordView) -> str:
     return _table(["round", "phase", "node", "error"], rows, text_columns=(1, 2, 3))
 
 
+def _devices(record: RecordView) -> str:
+    book = record.participation()
+    if not book:
+        return "<p>No device was asked to train yet.</p>"
+    k = record.straggler_rounds()
+    rows = []
+    for node, entry in sorted(book.items(), key=lambda item: (
+            item[1]["contributed"] / max(item[1]["asked"], 1), item[0])):
+        asked, given = entry["asked"], entry["contributed"]
+        missed = entry["missed_in_a_row"]
+        note = f"contributed to none of its last {missed} rounds" if missed >= k else ""
+        last = entry["last_contributed"]
+        rows.append((_e(node), str(asked), str(given),
+                     f"{given / asked:.0%}" if asked else "",
+                     "" if last is None else str(last), str(missed), _e(note)))
+    note = (f"<p>Train rounds each device was asked in and contributed to (its update "
+            f"went into the round's model); flagged when it contributed to none of the "
+            f"last {k} rounds it was asked in (<code>straggler-rounds</code>).</p>")
+    return note + _table(["node", "asked", "contributed", "share", "last contributed",
+                          "missed in a row", "warning"], rows, text_columns=(0, 6))
+
+
 def _models(run_dir: Path, record: RecordView) -> str:
     entries, from_file = registry_entries(run_dir, record)
     if not entries:
@@ -157,6 +181,7 @@ def render_report(run_dir: Path, record: RecordView | Mapping[str, Any],
             f"<h1>{_e(title)}</h1>{_summary(run)}"
             f"<h2>Plots</h2><div class=\"plots\">{images or '<p>No plots.</p>'}</div>"
             f"<h2>Rounds</h2>{rounds}"
+            f"<h2>Devices</h2>{_devices(run)}"
             f"<h2>Failures and rejections</h2>{_errors(run)}"
             f"<h2>Models</h2>{_models(run_dir, run)}"
             f"<h2>Settings</h2>{settings}"

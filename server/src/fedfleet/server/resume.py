@@ -156,6 +156,9 @@ def continue_run(point: ResumePoint, run_id: int, model: Any,
                                               "round": point.last_round}
     recorder.record["initial"] = point.record.get("initial")
     recorder.record["rounds"] = list(point.record["rounds"])
+    if "participation" in point.record:  # older records have none: counted from here on
+        recorder.record["participation"] = {
+            node: {**entry} for node, entry in point.record["participation"].items()}
     recorder.save()
     previous: RunRecord = {**point.record, "status": "interrupted",
                            "continued_by": run_id}

@@ -21,6 +21,7 @@ from fedfleet.server.codec import WeightCodec
 from fedfleet.server.delivery import deliver_final_model
 from fedfleet.server.grid import PromptGrid
 from fedfleet.server.intake import Intake, IntakeLimits
+from fedfleet.server.pace import PaceBook
 from fedfleet.server.progress import ProgressFile
 from fedfleet.server.recorder import RunRecorder
 from fedfleet.server.resume import continue_run, resume_point
@@ -62,7 +63,7 @@ def main(grid: Grid, context: Context) -> None:
                      "settings": settings.to_run_config(),
                      "num_params": int(sum(w.size for w in weights)),
                      "model_bytes": int(sum(w.nbytes for w in weights))}
-    recorder = RunRecorder(files, info)
+    recorder = RunRecorder(files, info, straggler_rounds=settings.straggler_rounds)
     progress = ProgressFile(files.directory if files else None, settings.num_rounds)
     watch = RunWatch(files.directory if files else None,
                      Path(settings.tensorboard) / f"run-{context.run_id}"
@@ -85,7 +86,10 @@ def main(grid: Grid, context: Context) -> None:
             continue_run(point, context.run_id, model, strategy, recorder)
         result = strategy.start(
             grid=PromptGrid(grid, quorum=settings.round_quorum,
-                            grace=settings.round_grace, progress=progress),
+                            grace=settings.round_grace, progress=progress,
+                            pace=PaceBook(settings.round_pace_margin,
+                                          settings.round_pace_cap)
+                            if settings.round_deadline == "paced" else None),
             initial_arrays=ArrayRecord(model.get_weights()),
             num_rounds=settings.num_rounds - strategy.offset,
             timeout=settings.round_timeout,

@@ -102,6 +102,44 @@ def contributors(row: Mapping[str, Any]) -> list[str]:
                    and str(c["node_id"]) not in failed})
 
 
+def asked(row: Mapping[str, Any]) -> list[str]:
+    """Return the node ids the round's train message went to, sorted.
+
+    The contributors and every node with a train error (failed, rejected, no reply).
+    """
+    failed = {e["node_id"] for e in errors(row) if e["phase"] in ("", "train")
+              and e["node_id"]}
+    return sorted(failed | set(contributors(row)))
+
+
+def _participation_entry(value: object) -> dict[str, Any] | None:
+    if not isinstance(value, Mapping):
+        return None
+    last = number(value.get("last_contributed"))
+    return {"asked": count(value.get("asked")),
+            "contributed": count(value.get("contributed")),
+            "missed_in_a_row": count(value.get("missed_in_a_row")),
+            "last_contributed": int(last) if last is not None else None}
+
+
+def participation_from_rounds(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Return per node its rounds asked and contributed, counted from the round rows."""
+    out: dict[str, dict[str, Any]] = {}
+    for row in rows:
+        given = set(contributors(row))
+        for node in asked(row):
+            entry = out.setdefault(node, {"asked": 0, "contributed": 0,
+                                          "missed_in_a_row": 0, "last_contributed": None})
+            entry["asked"] += 1
+            if node in given:
+                entry["contributed"] += 1
+                entry["missed_in_a_row"] = 0
+                entry["last_contributed"] = int(row["round"])
+            else:
+                entry["missed_in_a_row"] += 1
+    return out
+
+
 @dataclass(frozen=True)
 class RecordView:
     """One run's record with tolerant accessors; ``data`` is the raw dict."""
@@ -174,6 +212,27 @@ class RecordView:
             for client in clients(row):
                 seen.setdefault(str(client["node_id"]), None)
         return list(seen)
+
+    def participation(self) -> dict[str, dict[str, Any]]:
+        """Return per node: ``asked``, ``contributed``, ``missed_in_a_row``, ``last_contributed``.
+
+        The record's ``participation``; for a record without one (written before it
+        existed), counted from the rounds' clients and train errors.
+        """
+        book = self.data.get("participation")
+        if not isinstance(book, Mapping):
+            return participation_from_rounds(self.rounds)
+        out = {}
+        for node, value in book.items():
+            entry = _participation_entry(value)
+            if entry is not None and str(node):
+                out[str(node)] = entry
+        return out
+
+    def straggler_rounds(self, default: int = 3) -> int:
+        """Return the run's ``straggler-rounds`` setting (``default`` if absent)."""
+        value = number(self.setting("straggler-rounds"))
+        return int(value) if value is not None and value >= 1 else default
 
     def client_series(self, key: str) -> dict[str, list[tuple[int, float]]]:
         """Return per node: ``(round, value)`` of a client metric such as ``train_time_s``."""

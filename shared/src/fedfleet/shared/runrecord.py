@@ -56,6 +56,19 @@ class ClientRow(TypedDict, total=False):
     """What the intake dropped from its replies, one note each."""
 
 
+class Participation(TypedDict):
+    """One device over the run: the train rounds it was asked in and contributed to."""
+
+    asked: int
+    """Rounds whose train message went to it."""
+    contributed: int
+    """Rounds whose model its update went into (an accepted train reply)."""
+    missed_in_a_row: int
+    """Rounds it was asked in since it last contributed (0: it did in its last)."""
+    last_contributed: int | None
+    """The last round it contributed to, or None."""
+
+
 class RoundRow(TypedDict, total=False):
     """One finished round.
 
@@ -84,6 +97,9 @@ class RoundRow(TypedDict, total=False):
     payload_bytes_up: int
     clients: list[ClientRow]
     errors: list[ErrorRow]
+    stragglers: list[str]
+    """Devices that, with this round, contributed to none of the last
+    ``straggler-rounds`` rounds they were asked in (named once per streak)."""
     checkpoint: str
 
 
@@ -113,6 +129,8 @@ class RunRecord(TypedDict, total=False):
     status: Status
     initial: CentralScores | None
     rounds: list[RoundRow]
+    participation: dict[str, Participation]
+    """Node ID -> its rounds asked and contributed, for every device asked so far."""
     error: str
     finished_at: float
     continued_by: int
@@ -162,6 +180,8 @@ def round_line(row: RoundRow, num_rounds: int | None = None) -> str:
         parts.append(f"{rejected} rejected")
     if silent:
         parts.append(f"{silent} no reply")
+    if row.get("stragglers"):
+        parts.append(f"{len(row['stragglers'])} straggling")
     if row.get("train_loss") is not None:
         parts.append(f"train loss {row['train_loss']:.4f}")
     if row.get("eval_accuracy") is not None:

@@ -19,6 +19,12 @@ CLIENT_EVAL = ("with-train", "separate")
 """How clients evaluate the global model: inside the next train message, or in
 Flower's separate evaluate message every round."""
 
+ROUND_DEADLINES = ("fixed", "paced")
+"""How a round closes after its quorum: ``fixed``, the grace (times the quorum's time,
+at least 10 s); ``paced``, also waiting for the devices whose learned reply time says
+they will make it, up to ``round-pace-cap`` times the quorum's time
+(:mod:`fedfleet.server.pace`)."""
+
 
 def parse_shape(text: str) -> tuple[int, ...]:
     """Parse an input shape such as ``"8,8,1"`` or ``"64"``.
@@ -93,6 +99,10 @@ class RunSettings:
     round_timeout: float = 300.0
     round_quorum: float = 0.5
     round_grace: float = 1.0
+    round_deadline: str = "fixed"
+    round_pace_margin: float = 1.5
+    round_pace_cap: float = 10.0
+    straggler_rounds: int = 3
     client_wait_timeout: float = 300.0
     client_eval: str = "with-train"
     compression: str = "none"
@@ -122,6 +132,11 @@ class RunSettings:
             (self.round_timeout > 0, "round-timeout must be > 0"),
             (0 < self.round_quorum <= 1, "round-quorum must be in (0, 1]"),
             (self.round_grace >= 0, "round-grace must be >= 0"),
+            (self.round_deadline in ROUND_DEADLINES,
+             f"round-deadline must be one of {', '.join(ROUND_DEADLINES)}"),
+            (self.round_pace_margin >= 1, "round-pace-margin must be >= 1"),
+            (self.round_pace_cap >= 1, "round-pace-cap must be >= 1"),
+            (self.straggler_rounds >= 1, "straggler-rounds must be >= 1"),
             (self.client_wait_timeout > 0, "client-wait-timeout must be > 0"),
             (self.client_eval in CLIENT_EVAL,
              f"client-eval must be one of {', '.join(CLIENT_EVAL)}"),

@@ -16,7 +16,7 @@ from fedfleet.shared.compression import METHODS
 from fedfleet.shared.constants import SUPERLINK_PORT
 from fedfleet.shared.data.partition import PARTITIONINGS
 from fedfleet.shared.options import ADDRESS
-from fedfleet.shared.settings import CLIENT_EVAL, RunSettings
+from fedfleet.shared.settings import CLIENT_EVAL, ROUND_DEADLINES, RunSettings
 
 FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
 DIR = click.Path(file_okay=False, path_type=Path)
@@ -111,6 +111,23 @@ RUN_OPTIONS: list[Callable[[Any], Any]] = [
                       "round's (test accuracy, else client eval accuracy); older ones "
                       "are deleted after each round and marked removed in models.json. "
                       "0 keeps all."),
+    click.option("--round-deadline", type=click.Choice(ROUND_DEADLINES),
+                 default=D.round_deadline, show_default=True,
+                 help="fixed: close the round at the grace; paced: also wait for the "
+                      "devices whose learned reply time (x --round-pace-margin) says "
+                      "they will answer, at most --round-pace-cap x the quorum's time, "
+                      "so slow but working devices count every round."),
+    click.option("--round-pace-margin", type=click.FloatRange(min=1),
+                 default=D.round_pace_margin, show_default=True,
+                 help="paced: wait this many times a device's learned reply time."),
+    click.option("--round-pace-cap", type=click.FloatRange(min=1),
+                 default=D.round_pace_cap, show_default=True,
+                 help="paced: a round waits at most this many times as long as its "
+                      "quorum took (what a silent device costs)."),
+    click.option("--straggler-rounds", type=click.IntRange(min=1),
+                 default=D.straggler_rounds, show_default=True,
+                 help="Warn when a device contributed to none of the last this many "
+                      "rounds it was asked in."),
     click.option("--tensorboard", type=DIR, default=None,
                  help="Also write every round's scalars as TensorBoard event files under "
                       "DIR/run-<id> (view: tensorboard --logdir DIR)."),

@@ -22,6 +22,8 @@ from fedfleet.server.fleet.registry import (
     DirectRegistry,
     NodeRegistry,
     last_rounds,
+    newest_records,
+    participation,
 )
 from fedfleet.shared.errors import FedfleetError
 
@@ -193,7 +195,8 @@ def fleet_update(names: tuple[str, ...], inventory: Path, state_dir: Path, batch
 
 COLUMNS = [("DEVICE", "device"), ("CONTAINER", "container"), ("HEALTH", "health"),
            ("IMAGE", "image_id"), ("VERSION", "version"), ("NODE", "node_id"),
-           ("ONLINE", "online"), ("LAST ROUND", "last_round"), ("ACTIVITY", "activity"),
+           ("ONLINE", "online"), ("LAST ROUND", "last_round"), ("ROUNDS", "rounds"),
+           ("ACTIVITY", "activity"),
            ("UPTIME", "uptime"), ("RESTARTS", "restarts")]
 
 
@@ -230,7 +233,9 @@ def _status_rows(inv: Inventory, ctx: Fleet, names: Sequence[str], parallel: int
         server_error = None
     except FedfleetError as err:
         nodes, server_error = {}, str(err)
-    rounds = last_rounds(inv.server.outputs)
+    records = newest_records(inv.server.outputs)
+    rounds = last_rounds(None, records=records)
+    taken = participation(records)
 
     def one(name: str) -> dict[str, Any]:
         spec = inv.devices[name]
@@ -240,7 +245,7 @@ def _status_rows(inv: Inventory, ctx: Fleet, names: Sequence[str], parallel: int
             return {"device": name, "endpoint": spec.endpoint.url, "reachable": False,
                     "error": str(err)}
         try:
-            return DeviceEngine(client, spec, ctx).status(nodes, rounds)
+            return DeviceEngine(client, spec, ctx).status(nodes, rounds, taken)
         except Exception as err:  # noqa: BLE001 - one device must not hide the others
             return {"device": name, "endpoint": spec.endpoint.url, "reachable": True,
                     "error": f"{type(err).__name__}: {err}"}
@@ -271,8 +276,9 @@ def fleet_status(names: tuple[str, ...], inventory: Path, state_dir: Path, forma
     """Show each device: container, health, image, node, online, last round, uptime.
 
     LAST ROUND comes from the run records in the server's output directory
-    ([server] outputs in the inventory). ACTIVITY says whether the device is
-    answering a message right now.
+    ([server] outputs in the inventory); ROUNDS is contributed/asked: the train
+    rounds of the newest run that asked the device, and how many of them its update
+    went into. ACTIVITY says whether the device is answering a message right now.
 
     \b
     Example:

@@ -614,8 +614,13 @@ class DeviceEngine:
     # -- status and removal ------------------------------------------------------------
 
     def status(self, nodes: dict[int, dict[str, Any]],
-               rounds: dict[str, tuple[int, int]]) -> dict[str, Any]:
-        """Return one status row: container, health, image, node, online, last round."""
+               rounds: dict[str, tuple[int, int]],
+               taken: dict[str, tuple[int, int, int]] | None = None) -> dict[str, Any]:
+        """Return one status row: container, health, image, node, online, last round.
+
+        ``taken``: per node (run ID, rounds contributed to, rounds asked in), shown
+        as ``rounds`` ("3/4") with ``rounds_run``.
+        """
         row: dict[str, Any] = {"device": self.spec.name, "endpoint": self.spec.endpoint.url,
                                "reachable": True}
         container = self.current()
@@ -650,6 +655,10 @@ class DeviceEngine:
             row["online"] = nodes.get(int(node), {}).get("status", "not registered")
             last = rounds.get(node)
             row["last_round"] = f"{last[1]} (run {last[0]})" if last else None
+            share = (taken or {}).get(node)
+            if share is not None:
+                row["rounds"] = f"{share[1]}/{share[2]}"
+                row["rounds_run"] = share[0]
         return row
 
     def remove(self) -> Outcome:
