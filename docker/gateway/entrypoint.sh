@@ -13,6 +13,7 @@ RATE=${FEDFLEET_GATEWAY_RATE_PER_ADDRESS:-50}           # requests per second
 BURST=${FEDFLEET_GATEWAY_BURST_PER_ADDRESS:-1000}       # requests served at once
 MAX_BODY=${FEDFLEET_GATEWAY_MAX_BODY:-6m}               # push-object body limit
 RESOLVE_EVERY=${FEDFLEET_GATEWAY_RESOLVE_EVERY:-5}      # seconds
+UPSTREAM_KEEPALIVE=${FEDFLEET_GATEWAY_UPSTREAM_KEEPALIVE:-16}  # idle connections to the SuperLink
 CONF=/tmp/nginx.conf
 
 fail() { echo "fedfleet-gateway: $*" >&2; exit 2; }
@@ -33,6 +34,8 @@ check FEDFLEET_GATEWAY_MAX_BODY "$MAX_BODY" '[1-9][0-9]{0,9}[kKmM]?' \
     "give a size in nginx syntax, e.g. 6m"
 check FEDFLEET_GATEWAY_RESOLVE_EVERY "$RESOLVE_EVERY" '[1-9][0-9]{0,4}' \
     "give whole seconds, e.g. 5"
+check FEDFLEET_GATEWAY_UPSTREAM_KEEPALIVE "$UPSTREAM_KEEPALIVE" '[1-9][0-9]{0,3}' \
+    "give a whole number of connections, e.g. 16"
 
 UPSTREAM_HOST=${UPSTREAM%:*}
 UPSTREAM_PORT=${UPSTREAM##*:}
@@ -61,6 +64,7 @@ render() {  # ADDRESS
     sed -e "s|@UPSTREAM_ADDRESS@|$1:$UPSTREAM_PORT|g" -e "s|@LISTEN@|$LISTEN|g" \
         -e "s|@UPSTREAM_NAME@|$UPSTREAM_NAME|g" -e "s|@CONNECTIONS@|$CONNECTIONS|g" \
         -e "s|@RATE@|$RATE|g" -e "s|@BURST@|$BURST|g" -e "s|@MAX_BODY@|$MAX_BODY|g" \
+        -e "s|@UPSTREAM_KEEPALIVE@|$UPSTREAM_KEEPALIVE|g" \
         /etc/fedfleet/nginx.conf.in > "$CONF.new"
     mv "$CONF.new" "$CONF"
 }

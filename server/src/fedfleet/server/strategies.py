@@ -83,11 +83,16 @@ def strategy_kwargs(settings: RunSettings) -> dict[str, Any]:
         if isinstance(default, int) and not isinstance(default, bool) \
                 and isinstance(value, float):
             raise ConfigError(f"strategy parameter {key}={value!r} must be an integer")
+    # --min-clients: devices connected before a round starts. How many of them train
+    # is --fraction-train of those connected, at least one (Flower samples
+    # max(fraction x connected, min_train_nodes)): a floor of --min-clients made every
+    # device train whenever min-clients >= fraction x connected, e.g. all 1000 of a
+    # fleet run with --min-clients 1000 --fraction-train 0.1.
     return {
         "fraction_train": settings.fraction_train,
         "fraction_evaluate": settings.fraction_evaluate,
-        "min_train_nodes": settings.min_clients,
-        "min_evaluate_nodes": settings.min_clients if settings.fraction_evaluate else 0,
+        "min_train_nodes": 1,
+        "min_evaluate_nodes": 1 if settings.fraction_evaluate else 0,
         "min_available_nodes": settings.min_clients,
         **extra,
     }

@@ -36,7 +36,7 @@ RUN_OPTIONS: list[Callable[[Any], Any]] = [
                  help="Client learning rate (Adam)."),
     click.option("--fraction-train", type=click.FloatRange(0, 1, min_open=True),
                  default=D.fraction_train, show_default=True,
-                 help="Share of connected clients that train each round."),
+                 help="Share of connected clients that train each round (at least one)."),
     click.option("--fraction-evaluate", type=click.FloatRange(0, 1),
                  default=D.fraction_evaluate, show_default=True,
                  help="Share of clients that evaluate each round (0: none)."),
