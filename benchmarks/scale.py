@@ -183,6 +183,24 @@ def _timeline(rounds: list[dict[str, Any]], result: SwarmResult) -> list[dict[st
     return rows
 
 
+def _participation(record: dict[str, Any], result: SwarmResult,
+                   args: argparse.Namespace) -> dict[str, dict[str, int]]:
+    """Return rounds asked in and contributed to, summed over slow and other devices."""
+    slow = {d["key"] for d in result.devices if d.get("train_s", 0.0) >= args.slow_s}
+    per = record.get("participation") or {}
+    out = {"slow": {"devices": 0, "asked": 0, "contributed": 0},
+           "other": {"devices": 0, "asked": 0, "contributed": 0}}
+    for device in result.devices:
+        entry = per.get(str(device["node_id"]))
+        if not entry:
+            continue
+        group = out["slow" if device["key"] in slow else "other"]
+        group["devices"] += 1
+        group["asked"] += int(entry.get("asked", 0))
+        group["contributed"] += int(entry.get("contributed", 0))
+    return out
+
+
 def _paces(n: int, churn: float, slow: float, slow_s: float, poll_s: float) -> list[Pace]:
     paces = [Pace(poll_s=poll_s) for _ in range(n)]
     step = max(1, round(1 / churn)) if churn > 0 else 0
@@ -245,6 +263,7 @@ def run_size(n: int, args: argparse.Namespace, keys: list[Path]) -> dict[str, An
         stack.stop()
     rounds = record.get("rounds", [])
     out["timeline"] = _timeline(rounds, result)
+    out["participation"] = _participation(record, result, args)
     if args.profile:
         out["profiles"] = [summarise(p) for p in sorted(Path(args.profile).glob(
             f"{n}-*.txt"))]

@@ -87,6 +87,8 @@ class DeviceLog:
 
     key: str = ""
     """The name of its key file."""
+    train_s: float = 0.0
+    """Its pace: seconds a train message takes."""
     node_id: int = 0
     activations: int = 0
     activated_after_s: float | None = None
@@ -108,7 +110,7 @@ class VirtualDevice:
         """Act as the owner of ``client``'s key, at ``pace``."""
         self.client = client
         self.pace = pace
-        self.log = DeviceLog()
+        self.log = DeviceLog(train_s=pace.train_s)
         self._rng = np.random.default_rng(seed)
         self._node: Node | None = None
         self._runs: dict[int, str] = {}  # run id -> compression
