@@ -367,3 +367,40 @@ def test_the_entry_point_is_flowers_supernode() -> None:
     # Assert
     assert f"{entry.__module__}.{entry.__name__}" == \
         "flwr.supernode.cli.flower_supernode.flower_supernode"
+
+
+def test_join_reads_the_intervals_from_the_environment(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """FEDFLEET_JOIN_POLL_INTERVAL / _HEARTBEAT_INTERVAL reach the SuperNode's options."""
+    # Prepare
+    from click.testing import CliRunner
+
+    from fedfleet.client import cli
+    from fedfleet.shared.cli import cli as fedfleet
+
+    seen: list[JoinOptions] = []
+    monkeypatch.setattr(cli, "run_join", lambda opts: seen.append(opts) or 0)
+    # Execute
+    result = CliRunner().invoke(fedfleet, ["join", "--insecure"], env={
+        "FEDFLEET_JOIN_POLL_INTERVAL": "15", "FEDFLEET_JOIN_HEARTBEAT_INTERVAL": "120"})
+    # Assert
+    assert result.exit_code == 0, result.output
+    assert (seen[0].poll_interval, seen[0].heartbeat_interval) == (15, 120)
+
+
+def test_join_refuses_non_default_intervals_on_another_flower(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """With another Flower installed, join says so in one line before doing anything."""
+    # Prepare
+    from fedfleet.client import node
+    from fedfleet.shared.errors import FedfleetError
+
+    monkeypatch.setattr(flower_patch.importlib.metadata, "version", lambda _name: "1.43.0")
+    monkeypatch.setattr(node, "wait_for_data", lambda *_args: pytest.fail("data checked"))
+    opts = JoinOptions(server="127.0.0.1:1", node=NodeData(), home=tmp_path,
+                       insecure=True, poll_interval=15)
+    # Execute / Assert
+    with pytest.raises(FedfleetError, match=r"^--poll-interval/--heartbeat-interval "
+                                            r"patch Flower 1\.42\.0's SuperNode, but "
+                                            r"flwr 1\.43\.0 is installed"):
+        node.join(opts)
