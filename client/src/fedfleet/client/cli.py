@@ -7,6 +7,12 @@ from pathlib import Path
 
 import click
 
+from fedfleet.client.flower_patch import (
+    FLOWER_HEARTBEAT_INTERVAL,
+    FLOWER_POLL_INTERVAL,
+    HEARTBEAT_INTERVAL_RANGE,
+    POLL_INTERVAL_RANGE,
+)
 from fedfleet.client.node import JoinOptions
 from fedfleet.client.node import join as run_join
 from fedfleet.client.nodedata import NodeData
@@ -56,6 +62,15 @@ DEFAULT_NODE_KEY = Path.home() / ".fedfleet" / "node-key"
               show_default=True,
               help="When stopped (SIGTERM, Ctrl-C) while answering a message, wait up to "
                    "this many seconds for the reply to be sent first.")
+@click.option("--poll-interval", type=click.FloatRange(*POLL_INTERVAL_RANGE),
+              default=FLOWER_POLL_INTERVAL, show_default=True,
+              help="Seconds an idle device waits between asks for work; new work "
+                   "reaches it on average half this late. Raise it for large fleets "
+                   "(a patch of Flower 1.42.0's SuperNode).")
+@click.option("--heartbeat-interval", type=click.FloatRange(*HEARTBEAT_INTERVAL_RANGE),
+              default=FLOWER_HEARTBEAT_INTERVAL, show_default=True,
+              help="Seconds between heartbeats; the server marks a device offline after "
+                   "two missed ones (a patch of Flower 1.42.0's SuperNode).")
 @click.option("--home", type=click.Path(file_okay=False, path_type=Path),
               default=Path.home() / ".fedfleet" / "client", show_default=True,
               help="Directory for the node's Flower state (FLWR_HOME) and activity.json "
@@ -64,7 +79,8 @@ def join(server: str, data: str, partition: tuple[int, int] | None,
          label_column: str, class_names: str, root_certificates: Path | None,
          node_key: Path, no_node_key: bool, insecure: bool, runtime_port: int,
          data_retry: float, connect_timeout: float, warm_trainer: bool,
-         drain_timeout: float, home: Path) -> None:
+         drain_timeout: float, poll_interval: float, heartbeat_interval: float,
+         home: Path) -> None:
     """Join this device to a fedfleet server and train on local data.
 
     The data never leaves the device; only model weights and metrics do. The
@@ -79,6 +95,8 @@ def join(server: str, data: str, partition: tuple[int, int] | None,
         fedfleet join --server fl.example.org:8000 --root-certificates ca.crt \\
             --data /data/images
         fedfleet join --server 127.0.0.1:8000 --partition 0/3 --insecure
+        fedfleet join --server fl.example.org:8000 --root-certificates ca.crt \\
+            --poll-interval 15 --heartbeat-interval 120
     """
     key = key_to_use(node_key, no_node_key, insecure)
     index, total = partition if partition is not None else (-1, 1)
@@ -88,7 +106,9 @@ def join(server: str, data: str, partition: tuple[int, int] | None,
                        root_certificates=root_certificates, node_key=key,
                        runtime_port=runtime_port,
                        connect_timeout=connect_timeout, data_retry=data_retry,
-                       warm_trainer=warm_trainer, drain_timeout=drain_timeout)
+                       warm_trainer=warm_trainer, drain_timeout=drain_timeout,
+                       poll_interval=poll_interval,
+                       heartbeat_interval=heartbeat_interval)
     sys.exit(run_join(opts))
 
 

@@ -16,6 +16,12 @@ from pathlib import Path
 from types import FrameType
 
 from fedfleet.client.activity import Activity
+from fedfleet.client.flower_patch import (
+    FLOWER_HEARTBEAT_INTERVAL,
+    FLOWER_POLL_INTERVAL,
+    PatchError,
+    require_version,
+)
 from fedfleet.client.nodedata import NodeData
 from fedfleet.client.supervisor import WorkerSupervisor
 from fedfleet.shared import process
@@ -41,6 +47,8 @@ class JoinOptions:
     warm_trainer: bool = True
     task_poll_interval: float = 0.1
     drain_timeout: float = 120.0  # on SIGTERM/SIGINT, finish the message in progress first
+    poll_interval: float = FLOWER_POLL_INTERVAL  # idle wait between polls (Flower: 3 s)
+    heartbeat_interval: float = FLOWER_HEARTBEAT_INTERVAL  # Flower: 30 s
 
     @property
     def trainer_socket(self) -> Path:
@@ -49,12 +57,20 @@ class JoinOptions:
 
 
 def supernode_command(opts: JoinOptions) -> list[str]:
-    """Return the ``flower-supernode`` command line for ``opts``."""
+    """Return the ``flower-supernode`` command line for ``opts``.
+
+    It always runs through :mod:`fedfleet.client.supernode_main`, which sets the idle
+    poll and heartbeat intervals (and changes nothing at Flower's defaults), so every
+    device runs the same way; the command line still holds ``flower-supernode``.
+    """
     node_config = opts.node.to_node_config()
     node_config += f" fedfleet-home={json.dumps(str(opts.home))}"  # final models kept here
     if opts.warm_trainer:
         node_config += f' trainer-socket="{opts.trainer_socket}"'
-    cmd = [process.flower_executable("flower-supernode"),
+    cmd = [sys.executable, "-m", "fedfleet.client.supernode_main",
+           "--poll-interval", f"{opts.poll_interval:g}",
+           "--heartbeat-interval", f"{opts.heartbeat_interval:g}", "--",
+           process.flower_executable("flower-supernode"),
            "--superlink", opts.server,
            "--node-config", node_config,
            "--port", str(opts.runtime_port)]
@@ -126,6 +142,12 @@ def join(opts: JoinOptions) -> int:
     FedfleetError
         If the data is unusable or the server does not answer within the timeout.
     """
+    if (opts.poll_interval, opts.heartbeat_interval) != (FLOWER_POLL_INTERVAL,
+                                                         FLOWER_HEARTBEAT_INTERVAL):
+        try:
+            require_version()
+        except PatchError as err:
+            raise FedfleetError(str(err)) from None
     log.info("Data: %s", wait_for_data(opts.node, opts.data_retry))
     tls = not opts.insecure
     log.info("Waiting for the server at %s (up to %.0fs)", opts.server,
