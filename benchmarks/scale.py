@@ -201,14 +201,16 @@ def _participation(record: dict[str, Any], result: SwarmResult,
     return out
 
 
-def _paces(n: int, churn: float, slow: float, slow_s: float, poll_s: float) -> list[Pace]:
-    paces = [Pace(poll_s=poll_s) for _ in range(n)]
+def _paces(n: int, args: argparse.Namespace) -> list[Pace]:
+    churn, slow, slow_s = args.churn, args.slow, args.slow_s
+    timing = {"poll_s": args.poll_s, "heartbeat_s": args.heartbeat_s}
+    paces = [Pace(**timing) for _ in range(n)]
     step = max(1, round(1 / churn)) if churn > 0 else 0
     for i in range(0, n, step) if step else ():
-        paces[i] = Pace(vanish_in_round=1, away_s=20.0, poll_s=poll_s)
+        paces[i] = Pace(vanish_in_round=1, away_s=20.0, **timing)
     slow_step = max(1, round(1 / slow)) if slow > 0 else 0
     for i in range(slow_step // 2, n, slow_step) if slow_step else ():
-        paces[i] = Pace(train_s=slow_s, poll_s=poll_s)
+        paces[i] = Pace(train_s=slow_s, **timing)
     return paces
 
 
@@ -231,7 +233,7 @@ def run_size(n: int, args: argparse.Namespace, keys: list[Path]) -> dict[str, An
     watcher = Watcher(stack)
     try:
         swarm = Swarm.start(work / "swarm", stack.base_url, stack.ca_file, keys[:n],
-                            _paces(n, args.churn, args.slow, args.slow_s, args.poll_s),
+                            _paces(n, args),
                             processes=args.processes, cpus=args.swarm_cpus,
                             duration_s=args.max_minutes * 60, ramp_s=min(60.0, n / 20),
                             devices_per_address=args.devices_per_address)
@@ -354,7 +356,9 @@ def main() -> int:
     parser.add_argument("--slow", type=float, default=0.0, help="share of slow devices")
     parser.add_argument("--slow-s", type=float, default=20.0)
     parser.add_argument("--poll-s", type=float, default=3.0,
-                        help="devices' idle poll interval (Flower's SuperNode: 3 s)")
+                        help="devices' idle poll interval (fedfleet join --poll-interval)")
+    parser.add_argument("--heartbeat-s", type=float, default=30.0,
+                        help="devices' heartbeat (fedfleet join --heartbeat-interval)")
     parser.add_argument("--eval-data", default="builtin:digits")
     parser.add_argument("--run-arg", action="append", default=[],
                         help="extra 'fedfleet run' argument (repeat)")

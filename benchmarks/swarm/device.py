@@ -75,6 +75,8 @@ class Pace:
     examples: int = 100
     """Examples it claims (``num-examples``)."""
     poll_s: float = IDLE_POLL
+    heartbeat_s: float = HEARTBEAT_INTERVAL
+    """As ``fedfleet join --poll-interval`` / ``--heartbeat-interval`` set them."""
     vanish_in_round: int = 0
     """Leave without a word after pulling the train message of this many-th train
     message it gets (0: never), and come back after ``away_s`` with the same key."""
@@ -129,7 +131,7 @@ class VirtualDevice:
         """Activate, heartbeat and poll; return True if the device vanished."""
         response = await self.client.call_retrying(
             "activate-node", ActivateNodeRequest(public_key=self.client.public_key,
-                                                 heartbeat_interval=HEARTBEAT_INTERVAL),
+                                                 heartbeat_interval=self.pace.heartbeat_s),
             ActivateNodeResponse, stop)
         self._node = Node(node_id=response.node_id)
         self.log.node_id = response.node_id
@@ -156,10 +158,11 @@ class VirtualDevice:
 
     async def _heartbeat(self, stop: Deadline) -> None:
         while stop.left() > 0:
-            await asyncio.sleep(HEARTBEAT_INTERVAL)
+            # As Flower's HeartbeatSender: (interval - 5 s) x a random 0.7..0.9.
+            await asyncio.sleep((self.pace.heartbeat_s - 5.0) * random.uniform(0.7, 0.9))
             try:
                 await self.client.call("send-node-heartbeat", SendNodeHeartbeatRequest(
-                    node=self._node, heartbeat_interval=HEARTBEAT_INTERVAL),
+                    node=self._node, heartbeat_interval=self.pace.heartbeat_s),
                     SendNodeHeartbeatResponse, timeout=5.0)
             except Exception as err:  # noqa: BLE001 - a missed beat, as on a SuperNode
                 self.log.errors.append(f"heartbeat: {type(err).__name__}: {err}"[:200])
