@@ -58,7 +58,7 @@ from fedfleet.shared import delivery
 from fedfleet.shared.compression import decode_weights, encode_update
 from fedfleet.shared.constants import ARRAYS_KEY, CONFIG_KEY, METRICS_KEY
 from fedfleet.shared.fileio import weights_digest
-from swarm.fleetapi import Deadline, FleetClient
+from swarm.fleetapi import Deadline, FleetClient, RunNotRunning
 
 HEARTBEAT_INTERVAL = 30.0
 """Seconds; Flower's ``HEARTBEAT_DEFAULT_INTERVAL``."""
@@ -100,6 +100,8 @@ class DeviceLog:
     """Round of every train message it left without answering."""
     messages: list[tuple[str, str, float, float, float]] = field(default_factory=list)
     """(type, round, wall time pulled, objects pulled, replied) of every message."""
+    stale: int = 0
+    """Messages ignored because their run had ended (as a SuperNode does)."""
     evaluated: int = 0
     final_models: int = 0
     errors: list[str] = field(default_factory=list)
@@ -147,9 +149,12 @@ class VirtualDevice:
                 if not pulled.messages_list:
                     await asyncio.sleep(min(self.pace.poll_s, stop.left()))
                     continue
-                if await self._handle(pulled.messages_list[0],
-                                      pulled.message_object_trees[0], stop):
-                    return True
+                try:
+                    if await self._handle(pulled.messages_list[0],
+                                          pulled.message_object_trees[0], stop):
+                        return True
+                except RunNotRunning:  # a message of a run that ended while away
+                    self.log.stale += 1
         except TimeoutError:
             pass
         finally:

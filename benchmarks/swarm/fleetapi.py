@@ -59,6 +59,10 @@ class Unauthorized(Exception):
     """The SuperLink answered 401: the device is not (or no longer) admitted."""
 
 
+class RunNotRunning(Exception):
+    """403: the message's run has ended; a SuperNode ignores that message and goes on."""
+
+
 class CallFailed(Exception):
     """A Fleet call got an answer that is neither success nor retryable."""
 
@@ -125,6 +129,8 @@ class FleetClient:
         ------
         Unauthorized
             On 401.
+        RunNotRunning
+            On 403 (the run of the message is over).
         CallFailed
             On any other non-200 answer.
         httpx.TransportError
@@ -138,6 +144,8 @@ class FleetClient:
         self.stats.record(route, time.monotonic() - started, response.status_code)
         if response.status_code == 401:
             raise Unauthorized(response.text[:200])
+        if response.status_code == 403:
+            raise RunNotRunning(f"{route}: {response.text[:200]}")
         if response.status_code != 200:
             raise CallFailed(route, response.status_code, response.text)
         result = response_type()
