@@ -114,7 +114,7 @@ class Watcher:
         while not self._stop.wait(1.0):
             try:
                 self._take()
-            except Exception:  # noqa: BLE001 - a process ending mid-sample
+            except Exception:  # a process ending mid-sample
                 continue
 
     def close(self) -> None:

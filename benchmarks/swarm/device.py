@@ -169,7 +169,7 @@ class VirtualDevice:
                 await self.client.call("send-node-heartbeat", SendNodeHeartbeatRequest(
                     node=self._node, heartbeat_interval=self.pace.heartbeat_s),
                     SendNodeHeartbeatResponse, timeout=5.0)
-            except Exception as err:  # noqa: BLE001 - a missed beat, as on a SuperNode
+            except Exception as err:  # a missed beat, as on a SuperNode
                 self.log.errors.append(f"heartbeat: {type(err).__name__}: {err}"[:200])
 
     async def _handle(self, proto: MessageProto, tree: ObjectTree, stop: Deadline) -> bool:

@@ -66,7 +66,7 @@ async def run_group(spec: dict[str, Any]) -> dict[str, Any]:
         await asyncio.sleep(ramp * i / max(1, len(devices)))
         try:
             return await device.run(started, stop)
-        except Exception as err:  # noqa: BLE001 - one device's end is data, not a crash
+        except Exception as err:  # one device's end is data, not a crash
             device.log.errors.append(f"ended: {type(err).__name__}: {err}"[:300])
             return device.log
 
