@@ -17,7 +17,6 @@ loopback source addresses.
 from __future__ import annotations
 
 import statistics
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -38,6 +37,10 @@ RSS_BOUND_MB = 40.0
 FDS_BOUND = 16
 THREADS_BOUND = 4
 COME_BACK_S = 90.0
+ROUNDS = 12
+THREAD_POOL = 50
+"""The SuperLink's threads grow with concurrent requests up to its pool: anyio's 40
+worker threads plus Flower's and uvicorn's own (~10). Growth within it is no leak."""
 
 
 @pytest.fixture(scope="module")
@@ -70,11 +73,15 @@ def _wait_online(stack: Stack, count: int, timeout: float = 180) -> int:
     return online
 
 
+def _submit(stack: Stack, rounds: int) -> int:
+    return stack.submit("--rounds", str(rounds), "--fraction-train",
+                        f"{SAMPLED / DEVICES}", "--fraction-evaluate",
+                        f"{SAMPLED / DEVICES}", "--min-clients", str(SAMPLED),
+                        "--eval-data", "", "--round-timeout", "120")
+
+
 def _run(stack: Stack, rounds: int) -> tuple[int, dict]:  # type: ignore[type-arg]
-    run_id = stack.submit("--rounds", str(rounds), "--fraction-train",
-                          f"{SAMPLED / DEVICES}", "--fraction-evaluate",
-                          f"{SAMPLED / DEVICES}", "--min-clients", str(SAMPLED),
-                          "--eval-data", "", "--round-timeout", "120")
+    run_id = _submit(stack, rounds)
     return run_id, stack.wait_run(run_id, timeout=rounds * 150 + 120)
 
 
@@ -130,43 +137,50 @@ def _by_key(result: SwarmResult) -> list[dict]:  # type: ignore[type-arg]
 
 
 def test_soak_no_growth_in_memory_threads_or_files(stack: Stack) -> None:
-    """Twelve rounds with a 50-device swarm: the server's footprint stays flat."""
+    """Twelve rounds with a 50-device swarm: the server's footprint stays flat.
+
+    Compared: the first and the last third of the steady rounds (after round 2, before
+    the last one, whose evaluation and final-model delivery are a different load).
+    """
     # Prepare
     swarm = Swarm.start(stack.options.workdir / "soak", stack.base_url, stack.ca_file,
                         _keys(stack), [Pace() for _ in range(DEVICES)], duration_s=900,
                         ramp_s=5)
-    samples: list[dict[str, procs.Usage]] = []
-    stop = threading.Event()
-
-    def sample() -> None:
-        while not stop.wait(1.0):
-            roles = stack.server_roles()
-            samples.append({role: procs.usage(roles.get(role, []))
-                            for role in ("superlink", "serverapp")})
-
-    sampler = threading.Thread(target=sample, daemon=True)
+    samples: list[tuple[int, dict[str, procs.Usage]]] = []
     try:
         assert _wait_online(stack, DEVICES) == DEVICES
-        sampler.start()
-        # Execute
-        _, record = _run(stack, rounds=12)
+        # Execute: sample every second while the run runs
+        run_id = _submit(stack, ROUNDS)
+        deadline = time.monotonic() + ROUNDS * 150 + 120
+        record = None
+        while time.monotonic() < deadline:
+            record = stack.record(run_id)
+            if record is not None and record.get("status") not in (None, "running"):
+                break
+            roles = stack.server_roles()
+            samples.append((len(record["rounds"]) if record else 0,
+                            {role: procs.usage(roles.get(role, []))
+                             for role in ("superlink", "serverapp")}))
+            time.sleep(1.0)
     finally:
-        stop.set()
         swarm.stop()
         result = swarm.wait(grace_s=30)
 
     # Assert
-    assert record["status"] == "completed", record.get("error")
-    assert len(record["rounds"]) == 12
+    assert record is not None and record["status"] == "completed", record
+    assert len(record["rounds"]) == ROUNDS
     assert not result.process_failures, result.process_failures
-    running = [s for s in samples if s["serverapp"].rss_mb > 0]
-    assert len(running) >= 30, f"only {len(running)} samples while the run ran"
-    third = len(running) // 3
+    steady = [usage for done, usage in samples if 2 <= done < ROUNDS - 1]
+    assert len(steady) >= 30, f"only {len(steady)} samples in the steady rounds"
+    third = len(steady) // 3
     for role in ("superlink", "serverapp"):
-        first, last = running[:third], running[-third:]
+        first, last = steady[:third], steady[-third:]
         for measure, bound in (("rss_mb", RSS_BOUND_MB), ("fds", FDS_BOUND),
                                ("threads", THREADS_BOUND)):
             before = statistics.median(getattr(s[role], measure) for s in first)
             after = statistics.median(getattr(s[role], measure) for s in last)
             print(f"{role} {measure}: first third {before:.1f}, last third {after:.1f}")
-            assert after <= before + bound, (role, measure, before, after)
+            if measure == "threads":  # a pool that grows to the load, up to its size
+                assert after <= max(before + bound, THREAD_POOL), (role, before, after)
+            else:
+                assert after <= before + bound, (role, measure, before, after)
