@@ -28,6 +28,8 @@ from flwr.proto.fab_pb2 import GetFabRequest, GetFabResponse
 from flwr.proto.fleet_pb2 import (
     ActivateNodeRequest,
     ActivateNodeResponse,
+    DeactivateNodeRequest,
+    DeactivateNodeResponse,
     PullMessagesRequest,
     PullMessagesResponse,
     PushMessagesRequest,
@@ -159,6 +161,12 @@ class VirtualDevice:
             pass
         finally:
             beat.cancel()
+        # Stopped (SIGTERM or the duration): sign off as a SuperNode does on SIGTERM.
+        try:
+            await self.client.call("deactivate-node", DeactivateNodeRequest(
+                node_id=self._node.node_id), DeactivateNodeResponse, timeout=5.0)
+        except Exception as err:  # the server may be gone already
+            self.log.errors.append(f"deactivate: {type(err).__name__}"[:200])
         return False
 
     async def _heartbeat(self, stop: Deadline) -> None:
