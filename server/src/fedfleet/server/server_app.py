@@ -86,7 +86,8 @@ def main(grid: Grid, context: Context) -> None:
             continue_run(point, context.run_id, model, strategy, recorder)
         result = strategy.start(
             grid=PromptGrid(grid, quorum=settings.round_quorum,
-                            grace=settings.round_grace, progress=progress,
+                            grace=settings.round_grace,
+                            min_grace=settings.round_min_grace, progress=progress,
                             pace=PaceBook(settings.round_pace_margin,
                                           settings.round_pace_cap)
                             if settings.round_deadline == "paced" else None),

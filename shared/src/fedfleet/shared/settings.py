@@ -99,6 +99,7 @@ class RunSettings:
     round_timeout: float = 300.0
     round_quorum: float = 0.5
     round_grace: float = 1.0
+    round_min_grace: float = 10.0  # seconds; at least the devices' --poll-interval
     round_deadline: str = "fixed"
     round_pace_margin: float = 1.5
     round_pace_cap: float = 10.0
@@ -132,6 +133,7 @@ class RunSettings:
             (self.round_timeout > 0, "round-timeout must be > 0"),
             (0 < self.round_quorum <= 1, "round-quorum must be in (0, 1]"),
             (self.round_grace >= 0, "round-grace must be >= 0"),
+            (self.round_min_grace >= 0, "round-min-grace must be >= 0"),
             (self.round_deadline in ROUND_DEADLINES,
              f"round-deadline must be one of {', '.join(ROUND_DEADLINES)}"),
             (self.round_pace_margin >= 1, "round-pace-margin must be >= 1"),

@@ -103,8 +103,13 @@ RUN_OPTIONS: list[Callable[[Any], Any]] = [
     click.option("--round-grace", type=click.FloatRange(min=0), default=D.round_grace,
                  show_default=True,
                  help="After the quorum, wait this many times as long again as the "
-                      "quorum took (at least 10 s) for the other clients, then close "
+                      "quorum took (at least --round-min-grace) for the other clients, then close "
                       "the round."),
+    click.option("--round-min-grace", type=click.FloatRange(min=0),
+                 default=D.round_min_grace, show_default=True,
+                 help="The grace lasts at least this many seconds. Devices that look for "
+                      "work every P s (fedfleet join --poll-interval) need P + 5: an idle "
+                      "device may find its message up to P s after the round starts."),
     click.option("--keep-checkpoints", type=click.IntRange(min=0),
                  default=D.keep_checkpoints, show_default=True,
                  help="Keep only the checkpoints of the newest N rounds, plus the best "
