@@ -14,6 +14,8 @@ BURST=${FEDFLEET_GATEWAY_BURST_PER_ADDRESS:-1000}       # requests served at onc
 MAX_BODY=${FEDFLEET_GATEWAY_MAX_BODY:-6m}               # push-object body limit
 RESOLVE_EVERY=${FEDFLEET_GATEWAY_RESOLVE_EVERY:-5}      # seconds
 UPSTREAM_KEEPALIVE=${FEDFLEET_GATEWAY_UPSTREAM_KEEPALIVE:-16}  # idle connections to the SuperLink
+POLL_RATE=${FEDFLEET_GATEWAY_POLL_RATE_PER_DEVICE:-2}    # polls + heartbeats per second
+POLL_BURST=${FEDFLEET_GATEWAY_POLL_BURST_PER_DEVICE:-20}
 CONF=/tmp/nginx.conf
 
 fail() { echo "fedfleet-gateway: $*" >&2; exit 2; }
@@ -34,6 +36,10 @@ check FEDFLEET_GATEWAY_MAX_BODY "$MAX_BODY" '[1-9][0-9]{0,9}[kKmM]?' \
     "give a size in nginx syntax, e.g. 6m"
 check FEDFLEET_GATEWAY_RESOLVE_EVERY "$RESOLVE_EVERY" '[1-9][0-9]{0,4}' \
     "give whole seconds, e.g. 5"
+check FEDFLEET_GATEWAY_POLL_RATE_PER_DEVICE "$POLL_RATE" '[1-9][0-9]{0,4}' \
+    "give a whole number of requests per second, e.g. 2"
+check FEDFLEET_GATEWAY_POLL_BURST_PER_DEVICE "$POLL_BURST" '[0-9]{1,5}' \
+    "give a whole number of requests, e.g. 20"
 check FEDFLEET_GATEWAY_UPSTREAM_KEEPALIVE "$UPSTREAM_KEEPALIVE" '[1-9][0-9]{0,3}' \
     "give a whole number of connections, e.g. 16"
 
@@ -65,6 +71,7 @@ render() {  # ADDRESS
         -e "s|@UPSTREAM_NAME@|$UPSTREAM_NAME|g" -e "s|@CONNECTIONS@|$CONNECTIONS|g" \
         -e "s|@RATE@|$RATE|g" -e "s|@BURST@|$BURST|g" -e "s|@MAX_BODY@|$MAX_BODY|g" \
         -e "s|@UPSTREAM_KEEPALIVE@|$UPSTREAM_KEEPALIVE|g" \
+        -e "s|@POLL_RATE@|$POLL_RATE|g" -e "s|@POLL_BURST@|$POLL_BURST|g" \
         /etc/fedfleet/nginx.conf.in > "$CONF.new"
     mv "$CONF.new" "$CONF"
 }
@@ -82,7 +89,8 @@ done
 render "$ADDRESS"
 rm -f /tmp/fedfleet-gateway.sock  # left behind if nginx was killed
 echo "fedfleet-gateway: devices on $LISTEN, SuperLink at $UPSTREAM ($ADDRESS); per address:" \
-     "$CONNECTIONS connections, $RATE requests/s (burst $BURST)" >&2
+     "$CONNECTIONS connections, $RATE requests/s (burst $BURST); per device: $POLL_RATE" \
+     "polls and heartbeats/s (burst $POLL_BURST)" >&2
 
 nginx -e stderr -c "$CONF" -g 'daemon off;' &
 NGINX=$!

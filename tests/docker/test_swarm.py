@@ -16,6 +16,7 @@ loopback source addresses.
 
 from __future__ import annotations
 
+import asyncio
 import statistics
 import time
 from collections.abc import Iterator
@@ -83,6 +84,77 @@ def _submit(stack: Stack, rounds: int) -> int:
 def _run(stack: Stack, rounds: int) -> tuple[int, dict]:  # type: ignore[type-arg]
     run_id = _submit(stack, rounds)
     return run_id, stack.wait_run(run_id, timeout=rounds * 150 + 120)
+
+
+def test_one_device_cannot_flood_the_superlink_with_polls(stack: Stack) -> None:
+    """A registered device polling flat out is shed at the gateway; its neighbour is not.
+
+    The two devices share one source address, so it is the per-device limit (polls and
+    heartbeats per key: 2/s, bursts of 20) that acts, not the per-address one.
+    """
+    # Prepare
+    greedy_key, calm_key = _keys(stack)[-2:]
+    greedy = asyncio.run(_flood(stack, greedy_key, calm_key))
+    codes, calm_codes = greedy
+
+    # Assert: after its burst the greedy device got 503s, about 2/s went through
+    served = codes.count(200)
+    assert codes.count(503) >= 40, codes
+    assert served <= 20 + 2 * 15 + 5, served  # burst + rate x the seconds it ran
+    # ... its neighbour on the same address was served every time
+    assert calm_codes == [200] * len(calm_codes) and calm_codes
+    # ... and the gateway logged the refusals with the greedy device's key
+    logs = stack.gateway.logs().decode(errors="replace")
+    refused = [line for line in logs.splitlines()
+               if "/v1/fleet/pull-messages" in line and '" 503 ' in line]
+    assert len(refused) >= 40 and all("node-key=" in line for line in refused)
+
+
+async def _flood(stack: Stack, greedy_key: Path, calm_key: Path
+                 ) -> tuple[list[int], list[int]]:
+    import ssl
+
+    import httpx
+    from cryptography.hazmat.primitives import serialization
+    from flwr.proto.fleet_pb2 import (
+        ActivateNodeRequest,
+        ActivateNodeResponse,
+        DeactivateNodeRequest,
+        DeactivateNodeResponse,
+        PullMessagesRequest,
+    )
+    from flwr.proto.node_pb2 import Node
+    from swarm.fleetapi import FleetClient, Stats
+
+    context = ssl.create_default_context(cafile=str(stack.ca_file))
+    clients = []
+    for key_path in (greedy_key, calm_key):
+        key = serialization.load_ssh_private_key(key_path.read_bytes(), password=None)
+        http = httpx.AsyncClient(transport=httpx.AsyncHTTPTransport(
+            verify=context, local_address="127.0.0.9"))
+        clients.append(FleetClient(http, stack.base_url, key, Stats()))  # type: ignore[arg-type]
+    nodes = []
+    for client in clients:
+        answer = await client.call("activate-node", ActivateNodeRequest(
+            public_key=client.public_key, heartbeat_interval=30), ActivateNodeResponse)
+        nodes.append(Node(node_id=answer.node_id))
+    codes: list[int] = []
+    calm: list[int] = []
+    started = time.monotonic()
+    while time.monotonic() - started < 15 and len(codes) < 400:
+        for i, (client, node) in enumerate(zip(clients, nodes, strict=True)):
+            if i == 1 and len(codes) % 20:  # the calm one: every 20th greedy request
+                continue
+            body = PullMessagesRequest(node=node).SerializeToString()
+            response = await client._http.post(
+                f"{stack.base_url}/v1/fleet/pull-messages", content=body,
+                headers={**client._static, **client.auth_headers()})
+            (codes if i == 0 else calm).append(response.status_code)
+        await asyncio.sleep(0.02)
+    for client, node in zip(clients, nodes, strict=True):
+        await client.call("deactivate-node", DeactivateNodeRequest(node_id=node.node_id),
+                          DeactivateNodeResponse)
+    return codes, calm
 
 
 def test_rounds_close_under_churn_and_name_the_silent(stack: Stack) -> None:
