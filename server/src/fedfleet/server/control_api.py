@@ -12,6 +12,7 @@ connection carries every request, so a thousand keys take seconds, not a
 from __future__ import annotations
 
 import datetime
+import logging
 import ssl
 from pathlib import Path
 from types import TracebackType
@@ -34,6 +35,9 @@ from flwr.supercore.error import ApiErrorCode, FlowerError
 from flwr.supercore.interceptors import RuntimeVersionHttpInterceptor
 
 from fedfleet.shared.errors import FedfleetError
+
+# httpx logs every request at INFO: a line per key when a thousand are registered.
+logging.getLogger("httpx").setLevel(logging.WARNING)
 
 GATEWAY_HINT = ("it is a fedfleet gateway, which serves devices only; run admin "
                 "commands on the server host, e.g. docker compose exec server "
