@@ -251,7 +251,10 @@ def run_size(n: int, args: argparse.Namespace, keys: list[Path]) -> dict[str, An
                               f"{sampled / n:.6f}", *args.run_arg)
         watcher.begin()
         profiles = _profile(stack, args, n, "run")
-        record = stack.wait_run(run_id, timeout=args.rounds * 300 + 300)
+        try:
+            record = stack.wait_run(run_id, timeout=args.rounds * 300 + 600)
+        except TimeoutError:  # report what was done
+            record = {**(stack.record(run_id) or {}), "status": "did not end in time"}
         busy = watcher.end()
         for prof in profiles:
             prof.stop()

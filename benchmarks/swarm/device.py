@@ -109,6 +109,10 @@ class DeviceLog:
     errors: list[str] = field(default_factory=list)
 
 
+class ObjectUnavailable(Exception):
+    """An object of a pulled message could not be had: the message is dropped."""
+
+
 class VirtualDevice:
     """One device: its node key, its pace, and its loop."""
 
@@ -157,6 +161,8 @@ class VirtualDevice:
                         return True
                 except RunNotRunning:  # a message of a run that ended while away
                     self.log.stale += 1
+                except ObjectUnavailable as err:  # as a SuperNode: drop it, go on
+                    self.log.errors.append(str(err)[:200])
         except TimeoutError:
             pass
         finally:
@@ -233,17 +239,17 @@ class VirtualDevice:
         return False
 
     async def _pull_object(self, run_id: int, object_id: str, stop: Deadline) -> bytes:
-        for _ in range(100):
+        for _ in range(300):  # 60 s for the server to finish pushing it
             answer = await self.client.call_retrying(
                 "pull-object", PullObjectRequest(node=self._node, run_id=run_id,
                                                  object_id=object_id),
                 PullObjectResponse, stop)
             if not answer.object_found:
-                raise RuntimeError(f"object {object_id} not found")
+                raise ObjectUnavailable(f"object {object_id} not found")
             if answer.object_available:
                 return bytes(answer.object_content)
-            await asyncio.sleep(0.1)
-        raise RuntimeError(f"object {object_id} never became available")
+            await asyncio.sleep(0.2)
+        raise ObjectUnavailable(f"object {object_id} not available after 60 s")
 
     async def _push(self, reply: Message, run_id: int, stop: Deadline) -> None:
         # As flwr's run_clientapp.push_message: the reply's ID is its object ID.
