@@ -6,7 +6,10 @@
     print(summarise(prof.path))
 
 ``--idle`` keeps the samples of threads that wait (on a lock, a socket, SQLite), so the
-summary shows where the time of a request goes, not only where the CPU goes. The
+summary shows where the time of a request goes, not only where the CPU goes. One
+caveat: an event loop run by uvloop (the SuperLink's) waits inside C, so its idle
+samples show as ``Runner.run`` and count as busy here; read the process's CPU from
+``/proc`` (as ``scale.py`` does) for how busy it is. The
 summary lists the frames of Flower, fedfleet, SQLite/SQLAlchemy, uvicorn/starlette and
 TensorFlow with the share of samples they appear in, and the busiest leaf frames.
 ``pip install py-spy`` (dev/setup.sh installs it into .venv).
