@@ -80,8 +80,8 @@ class Pace:
     heartbeat_s: float = HEARTBEAT_INTERVAL
     """As ``fedfleet join --poll-interval`` / ``--heartbeat-interval`` set them."""
     vanish_in_round: int = 0
-    """Leave without a word after pulling the train message of this many-th train
-    message it gets (0: never), and come back after ``away_s`` with the same key."""
+    """Leave without a word on the N-th train message it gets (0: never), and come back
+    after ``away_s`` with the same key."""
     away_s: float = 20.0
 
 
@@ -97,7 +97,7 @@ class DeviceLog:
     activations: int = 0
     activated_after_s: float | None = None
     trained: list[str] = field(default_factory=list)
-    """Round (group id) of every train reply it pushed."""
+    """Round (the message's ``server-round``) of every train reply it pushed."""
     vanished: list[str] = field(default_factory=list)
     """Round of every train message it left without answering."""
     messages: list[tuple[str, str, float, float, float]] = field(default_factory=list)
@@ -127,7 +127,7 @@ class VirtualDevice:
         self._train_messages = 0
 
     async def run(self, started: float, stop: Deadline) -> DeviceLog:
-        """Live until ``stop_at`` (monotonic); leave and come back if the pace says so."""
+        """Live until ``stop``; leave and come back if the pace says so."""
         while stop.left() > 0:
             vanished = await self._session(started, stop)
             if not vanished:
