@@ -42,8 +42,12 @@ def _power_off(pid: int) -> None:
 
 
 def _crash(fleet: Fleet, port: int) -> None:
-    """SIGKILL the server and its SuperLink (and everything they started)."""
-    os.killpg(fleet.procs[0].pid, signal.SIGKILL)
+    """SIGKILL the SuperLink, then the server (and everything they started).
+
+    The SuperLink first: killed second, it would get the tether's SIGTERM when the
+    server dies and shut down gracefully, ending the run under the ServerApp (which
+    then records a failure), which is a stop, not the crash this test is about.
+    """
     found = subprocess.run(["pgrep", "-f", f"flower-superlink .*--port {port}"],
                            capture_output=True, text=True, check=False).stdout.split()
     for pid in found:
@@ -51,6 +55,7 @@ def _crash(fleet: Fleet, port: int) -> None:
             os.killpg(int(pid), signal.SIGKILL)
         except ProcessLookupError:
             pass
+    os.killpg(fleet.procs[0].pid, signal.SIGKILL)
 
 
 def test_a_crashed_server_continues_the_run_from_its_last_round(
