@@ -279,12 +279,28 @@ def test_a_known_device_that_goes_silent_is_cut_at_the_cap(clock: Clock) -> None
     """
     # Prepare
     delays: dict[int, float | None] = {1: FAST, 2: FAST, 3: SLOW}
-    pace = PaceBook(margin=1.5, cap=10.0)
+    pace = PaceBook(margin=1.5, cap=10.0, min_cap_s=0.0)
     # Execute
     rounds = _rounds(clock, delays, 4, pace, changes={3: {3: SILENT}})
     # Assert
     assert [late for late, _ in rounds] == [{3}, set(), {3}, {3}]
     assert [took for _, took in rounds[2:]] == pytest.approx([40.0, 40.0], abs=0.3)
+
+
+def test_a_quick_quorum_does_not_cut_a_known_slow_device(clock: Clock) -> None:
+    """A device known at 28 s is waited for (42 s), not cut at 10 x 4 s.
+
+    The cap's 60 s floor; silent, the device costs at most the floor.
+    """
+    # Prepare
+    delays: dict[int, float | None] = {1: FAST, 2: FAST, 3: SLOW}
+    pace = PaceBook(margin=1.5, cap=10.0)
+    # Execute
+    rounds = _rounds(clock, delays, 4, pace, changes={3: {3: SILENT}})
+    # Assert: silent from round 3, it holds that round until its expected 42 s, and
+    # the next (its guess now 2 x 42 s) until the floor
+    assert [late for late, _ in rounds] == [{3}, set(), {3}, {3}]
+    assert [took for _, took in rounds[2:]] == pytest.approx([42.0, 60.0], abs=0.5)
 
 
 def test_a_silent_device_costs_its_expected_time_when_under_the_cap(

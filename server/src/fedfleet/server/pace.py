@@ -21,8 +21,9 @@ When a round has its quorum after ``q`` seconds (:class:`PacedClose`), it closes
 the latest of the plain grace deadline (``q + max(10 s, grace x q)``, what
 ``--round-deadline fixed`` does) and the expected reply time (estimate x ``margin``) of
 the slowest device of the round that has not answered yet, but no later than ``cap x
-q`` (and the round timeout, the grid's hard deadline). Devices without an estimate
-(never asked) get the plain grace. Once every known device of the round has answered,
+q`` (or :data:`MIN_CAP_S` after the round's start, if later) and the round timeout,
+the grid's hard deadline. Devices without an estimate (never asked) get the plain
+grace. Once every known device of the round has answered,
 the round closes at the plain deadline again. The work is per device of the round: a
 sort at the quorum, an amortized pop per reply; idle devices cost nothing.
 """
@@ -41,6 +42,10 @@ PROBE = 2.0
 this many times ``w``."""
 DEFAULT_MARGIN = 1.5
 DEFAULT_CAP = 10.0
+MIN_CAP_S = 60.0
+"""Seconds the cap allows at least: with a quick quorum (2-3 s) ``cap x q`` alone would
+leave out a device only ~10x slower than the fastest, e.g. a 20 s device beside a
+fast one (measured: round closed at 26.4 s with the slow device 34 s away)."""
 
 
 @dataclass(frozen=True)
@@ -54,8 +59,11 @@ class Pace:
 class PaceBook:
     """Reply-time estimates of the devices asked so far, by message type and node."""
 
-    def __init__(self, margin: float = DEFAULT_MARGIN, cap: float = DEFAULT_CAP) -> None:
+    def __init__(self, margin: float = DEFAULT_MARGIN, cap: float = DEFAULT_CAP,
+                 min_cap_s: float = MIN_CAP_S) -> None:
         """Wait ``margin`` x a device's estimate, at most ``cap`` x the quorum's time.
+
+        (or ``min_cap_s`` after the round's start, if that is later).
 
         Raises
         ------
@@ -66,6 +74,7 @@ class PaceBook:
             raise ValueError(f"pace margin ({margin}) and cap ({cap}) must be >= 1")
         self.margin = margin
         self.cap = cap
+        self.min_cap_s = min_cap_s
         self._paces: dict[tuple[str, int], Pace] = {}
 
     def get(self, kind: str, node: int) -> Pace | None:
@@ -101,7 +110,8 @@ class PaceBook:
             pace = self._paces.get((kind, node))
             if pace is not None:
                 expected.append((pace.seconds * self.margin, node))
-        return PacedClose(start, plain, start + self.cap * took, expected)
+        return PacedClose(start, plain, start + max(self.cap * took, self.min_cap_s),
+                          expected)
 
 
 class PacedClose:

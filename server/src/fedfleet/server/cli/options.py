@@ -120,7 +120,8 @@ RUN_OPTIONS: list[Callable[[Any], Any]] = [
                  default=D.round_deadline, show_default=True,
                  help="fixed: close the round at the grace; paced: also wait for the "
                       "devices whose learned reply time (x --round-pace-margin) says "
-                      "they will answer, at most --round-pace-cap x the quorum's time, "
+                      "they will answer, at most --round-pace-cap x the quorum's time "
+                      "(at least 60 s), "
                       "so slow but working devices count every round."),
     click.option("--round-pace-margin", type=click.FloatRange(min=1),
                  default=D.round_pace_margin, show_default=True,
