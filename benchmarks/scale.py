@@ -35,6 +35,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+from sampler import Sampler, growth, sqlite_files  # noqa: E402
 from swarm import procs  # noqa: E402
 from swarm.device import Pace  # noqa: E402
 from swarm.launch import Swarm, SwarmResult, make_keys  # noqa: E402
@@ -163,6 +164,69 @@ def _profile(stack: Stack, args: argparse.Namespace, n: int, phase: str) -> list
     return started
 
 
+SOAK_BOUNDS = {"rss_mib": (50.0, 0.10), "threads": (4.0, 0.0), "fds": (16.0, 0.0)}
+"""Growth allowed between the first and last third of a soak (absolute, relative),
+as in ``real_devices.py``; the SuperLink's file count follows its kept-alive
+connections, so it gets the same margin as in ``tests/docker/test_swarm.py``."""
+
+
+class Soak:
+    """Samples every role, the swarm and the server's folders through a long run."""
+
+    def __init__(self, stack: Stack, swarm: Swarm, interval: float) -> None:
+        """Watch ``stack`` and ``swarm`` every ``interval`` seconds once started."""
+        self.stack = stack
+        self.sampler = Sampler(interval)
+        roles = stack.server_roles()
+        for pid in roles.get("superlink", [])[:1]:
+            self.sampler.watch("superlink", pid, tree=False)
+        for i, pid in enumerate(swarm.pids()):
+            self.sampler.watch(f"swarm-{i}", pid, tree=False)
+        gateway = stack.gateway_pids()
+        if gateway:
+            self.sampler.watch("gateway", gateway[0])
+        self.sampler.watch_path("state-dir", stack.state_dir)
+        self.sampler.watch_path("superlink-db", *sqlite_files(stack.state_dir / "superlink.db"))
+        self.sampler.watch_path("runs-dir", stack.output_dir)
+        self._halt = threading.Event()
+        self._finder = threading.Thread(target=self._find_serverapp, daemon=True)
+
+    def _find_serverapp(self) -> None:
+        while not self._halt.wait(1.0):
+            pids = self.stack.server_roles().get("serverapp", [])
+            if pids:
+                self.sampler.watch("serverapp", pids[0], tree=False)
+                return
+
+    def start(self) -> Soak:
+        """Start sampling."""
+        self.sampler.start()
+        self._finder.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop sampling."""
+        self._halt.set()
+        self.sampler.stop()
+
+    def report(self, out: Path, since: float) -> dict[str, Any]:
+        """Write the samples (CSV) and plots to ``out``; return the growth verdicts."""
+        self.sampler.write_csv(out / "samples.csv")
+        self.sampler.plot(out / "plots")
+        verdicts = []
+        for name in self.sampler.names():
+            for measure in ("rss_mib", "threads", "fds", "mib", "files"):
+                values = self.sampler.series(name, measure, since)
+                if len(values) < 3:
+                    continue
+                g = growth(values)
+                bound = SOAK_BOUNDS.get(measure)
+                verdicts.append({"name": name, "measure": measure, "first": g.first,
+                                 "last": g.last, "delta": g.delta,
+                                 "grew": g.exceeds(*bound) if bound else None})
+        return {"since_s": since, "growth": verdicts, "samples": str(out / "samples.csv")}
+
+
 def _timeline(rounds: list[dict[str, Any]], result: SwarmResult) -> list[dict[str, Any]]:
     """Per round: when the sampled devices pulled their message, got it, replied."""
     rows = []
@@ -199,6 +263,17 @@ def _participation(record: dict[str, Any], result: SwarmResult,
         group["asked"] += int(entry.get("asked", 0))
         group["contributed"] += int(entry.get("contributed", 0))
     return out
+
+
+def _warm_since(sampler: Sampler, record: dict[str, Any]) -> float:
+    """Return the sampler's time at the end of round 2 (0 if unknown)."""
+    rounds = record.get("rounds", [])
+    if len(rounds) < 2:
+        return 0.0
+    started, wall = rounds[1].get("started_at"), rounds[1].get("wall_s")
+    if not isinstance(started, (int, float)) or not isinstance(wall, (int, float)):
+        return 0.0
+    return max(0.0, float(sampler.now()) - (time.time() - (started + wall)))
 
 
 def _paces(n: int, args: argparse.Namespace) -> list[Pace]:
@@ -251,11 +326,17 @@ def run_size(n: int, args: argparse.Namespace, keys: list[Path]) -> dict[str, An
                               f"{sampled / n:.6f}", *args.run_arg)
         watcher.begin()
         profiles = _profile(stack, args, n, "run")
+        soak = Soak(stack, swarm, args.soak_interval).start() if args.soak else None
         try:
             record = stack.wait_run(run_id, timeout=args.rounds * 300 + 600)
         except TimeoutError:  # report what was done
             record = {**(stack.record(run_id) or {}), "status": "did not end in time"}
         busy = watcher.end()
+        if soak is not None:
+            soak.stop()
+            # from the end of round 2: the ServerApp's imports and first round are paid
+            warm = _warm_since(soak.sampler, record)
+            out["soak"] = soak.report(Path(args.soak) / f"size-{n}", warm)
         for prof in profiles:
             prof.stop()
         swarm_cpu = procs.usage(swarm.pids()).cpu_s - swarm_cpu0
@@ -335,6 +416,15 @@ def tables(results: list[dict[str, Any]]) -> str:
                      f"{_fmt(r['swarm']['rss_mb'], '', 0)}" if phase == "run" else "")
             lines.append(f"| {r['devices']} | {phase} | " + " | ".join(cells)
                          + f" | {swarm} |")
+    for r in results:
+        if "soak" not in r:
+            continue
+        lines += ["", f"Soak at {r['devices']} devices, {len(r['round_s'])} rounds (medians "
+                  "of the first and last third after round 2):", "",
+                  "| what | measure | first | last | grew |", "|---|---|---|---|---|"]
+        lines += [f"| {g['name']} | {g['measure']} | {_fmt(g['first'])} | "
+                  f"{_fmt(g['last'])} | {'-' if g['grew'] is None else g['grew']} |"
+                  for g in r["soak"]["growth"]]
     return "\n".join(lines)
 
 
@@ -371,6 +461,10 @@ def main() -> int:
     parser.add_argument("--workdir", default="/tmp/fedfleet-scale")
     parser.add_argument("--keys-dir", default="/tmp/fedfleet-scale-keys")
     parser.add_argument("--json", default="")
+    parser.add_argument("--soak", default="",
+                        help="folder: sample every role, the swarm and the folders through "
+                        "the run (CSV, plots, growth verdicts); for long runs")
+    parser.add_argument("--soak-interval", type=float, default=5.0)
     parser.add_argument("--profile", default="",
                         help="folder for py-spy profiles of the SuperLink and ServerApp")
     args = parser.parse_args()
