@@ -72,3 +72,17 @@ def test_a_round_without_usable_replies_ends_the_run_with_every_reason() -> None
         RoundPolicy().check(row)
     with pytest.raises(FedfleetError, match="no replies before the round timeout"):
         RoundPolicy().check({"round": 1, "train_replies": 0, "errors": []})
+
+
+def test_many_devices_with_one_reason_make_one_short_line() -> None:
+    errors = [{"phase": "train", "node_id": str(n), "kind": "deadline",
+               "error": "no reply by the deadline"} for n in range(1, 99)]
+    errors.append({"phase": "train", "node_id": "500", "kind": "rejected",
+                   "error": "rejected: NaN"})
+    with pytest.raises(FedfleetError) as caught:
+        RoundPolicy().check({"round": 2, "train_replies": 0, "errors": errors})
+    message = str(caught.value)
+    assert message == ("no client could train in round 2: 98 devices (node 1, node 2, "
+                       "node 3 and 95 more): no reply by the deadline; node 500: "
+                       "rejected: NaN")
+    assert "node 4," not in message and "\n" not in message

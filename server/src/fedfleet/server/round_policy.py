@@ -90,8 +90,7 @@ class RoundPolicy:
         replies = row.get("train_replies", 0)
         if replies >= self.min_replies:
             return
-        reasons = "; ".join(f"node {e['node_id']}: {e['error']}"
-                            for e in row.get("errors", []))
+        reasons = _reasons(row.get("errors", []))
         if replies == 0:
             raise FedfleetError(f"no client could train in round {row.get('round')}: "
                                 f"{reasons or 'no replies before the round timeout'}")
@@ -99,3 +98,24 @@ class RoundPolicy:
             f"round {row.get('round')} got {replies} usable replies, fewer than "
             f"--min-replies {self.min_replies}{': ' + reasons if reasons else ''}; "
             "the global model was not changed")
+
+
+def _reasons(errors: list[dict[str, str]], named: int = 3) -> str:
+    """Return the errors as one line, grouped by reason (a fleet can have hundreds).
+
+    ``node 7: rejected: NaN`` for a reason one device gave; ``98 devices (node 1, node
+    2, node 3 and 95 more): no reply by the deadline`` for one many gave. The round's
+    row in the record keeps every device's own entry.
+    """
+    groups: dict[str, list[str]] = {}
+    for e in errors:
+        groups.setdefault(str(e.get("error")), []).append(str(e.get("node_id")))
+    parts = []
+    for reason, nodes in groups.items():
+        if len(nodes) == 1:
+            parts.append(f"node {nodes[0]}: {reason}")
+            continue
+        names = ", ".join(f"node {n}" for n in nodes[:named])
+        more = f" and {len(nodes) - named} more" if len(nodes) > named else ""
+        parts.append(f"{len(nodes)} devices ({names}{more}): {reason}")
+    return "; ".join(parts)
