@@ -152,7 +152,8 @@ def tree_pids(root: int, table: dict[int, _Proc]) -> list[int]:
 def cmdline(pid: int) -> str:
     """Return the command line of ``pid`` ('' if it is gone)."""
     try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(
+            errors="replace")
     except OSError:
         return ""
 

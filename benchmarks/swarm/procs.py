@@ -1,4 +1,4 @@
-"""CPU and memory of the server's processes, read from /proc (Linux).
+"""CPU and memory of the server's processes by role, read from /proc (Linux).
 
 The server side is several processes: ``fedfleet server`` (the follower), the
 SuperLink, the SuperExec, the ServerApp of the run, and the gateway's nginx (a
@@ -12,6 +12,8 @@ import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+
+from sampler import cmdline, process_table, tree_pids
 
 TICK = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -31,33 +33,13 @@ def _stat(pid: int) -> list[str] | None:
 
 def children(pid: int) -> list[int]:
     """Return every descendant of ``pid``."""
-    parents: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            fields = _stat(int(entry))
-            if fields is not None:
-                parents.setdefault(int(fields[1]), []).append(int(entry))
-    out, todo = [], [pid]
-    while todo:
-        for child in parents.get(todo.pop(), []):
-            out.append(child)
-            todo.append(child)
-    return out
-
-
-def cmdline(pid: int) -> str:
-    """Return the command line of ``pid`` ('' if gone)."""
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(
-            errors="replace")
-    except OSError:
-        return ""
+    return [p for p in tree_pids(pid, process_table()) if p != pid]
 
 
 def roles(root: int) -> dict[str, list[int]]:
     """Return ``root`` and its descendants grouped by role (see :data:`ROLES`)."""
     grouped: dict[str, list[int]] = {}
-    for pid in [root, *children(root)]:
+    for pid in tree_pids(root, process_table()) or [root]:
         line = cmdline(pid)
         role = next((name for marker, name in ROLES if marker in line), "other")
         grouped.setdefault(role, []).append(pid)
