@@ -139,22 +139,24 @@ def test_the_model_cache_key_holds_the_optimizer_and_momentum() -> None:
 
 
 def test_a_trainer_never_reuses_an_adam_model_for_sgd() -> None:
-    """One trainer, Adam then SGD: the second train compiles SGD and reports it."""
+    """One trainer, Adam then SGD (same learning rate): the second compiles SGD."""
     import keras
 
     # Prepare
     trainer = LocalTrainer(NodeData(partition_id=0, num_partitions=3))
     start = _initial_weights()
+    adam = SETTINGS.replace(local_epochs=1)
+    sgd = adam.replace(optimizer="sgd", momentum=0.9)  # only the optimizer differs
     # Execute
-    _, adam_metrics = trainer.train(start, SETTINGS.replace(local_epochs=1))
-    adam_model = trainer.model(SETTINGS, start)
-    _, sgd_metrics = trainer.train(start, SGD.replace(local_epochs=1))
+    _, adam_metrics = trainer.train(start, adam)
+    adam_model = trainer.model(adam, start)
+    _, sgd_metrics = trainer.train(start, sgd)
     # Assert
     assert "sgd_momentum" not in adam_metrics  # Adam runs report what they did before
     assert isinstance(adam_model.optimizer, keras.optimizers.Adam)
     assert sgd_metrics["sgd_momentum"] == pytest.approx(0.9)
-    assert isinstance(trainer.model(SGD, start).optimizer, keras.optimizers.SGD)
-    assert trainer.model(SGD, start) is not adam_model
+    assert isinstance(trainer.model(sgd, start).optimizer, keras.optimizers.SGD)
+    assert trainer.model(sgd, start) is not adam_model
 
 
 def test_sgd_with_momentum_learns() -> None:

@@ -55,7 +55,7 @@ def test_a_run_pool_trainer_rebuilds_the_model_for_another_optimizer() -> None:
     pool = worker.TrainerPool()
     node = {"data-path": "builtin:digits", "partition-id": 0, "num-partitions": 3}
     weights = build_model("cnn", (8, 8, 1), 10).get_weights()
-    sgd = SETTINGS.replace(optimizer="sgd", momentum=0.5, learning_rate=0.05)
+    sgd = SETTINGS.replace(optimizer="sgd", momentum=0.5)  # only the optimizer differs
 
     def train(settings: RunSettings) -> dict[str, float]:
         header = {"op": "train", "run_id": 7, "node": node,
