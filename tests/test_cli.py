@@ -95,6 +95,13 @@ def test_readme_documents_every_command(name: str) -> None:
         (["server", "--insecure", "--eval-data", "builtin:nope"], "unknown built-in"),
         (["data", "/no/such.csv"], "does not exist"),
         (["server", "--insecure", "--node-auth"], "--node-auth needs TLS"),
+        (["server", "--insecure", "--momentum", "0.9"],
+         "Error: momentum 0.9 needs optimizer sgd (Adam has no momentum setting): set "
+         "optimizer sgd, or momentum 0"),
+        (["run", "--insecure", "--optimizer", "rmsprop"],
+         "'rmsprop' is not one of 'adam', 'sgd'"),
+        (["run", "--insecure", "--optimizer", "sgd", "--momentum", "1"],
+         "Invalid value for '--momentum'"),
     ],
 )
 def test_bad_input_is_one_line_and_nonzero(args: list[str], message: str) -> None:

@@ -3,19 +3,22 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 
+from fedfleet.client import training
 from fedfleet.client.client_app import _prepare
 from fedfleet.client.nodedata import NodeData
-from fedfleet.client.training import LocalTrainer, load_node_data
+from fedfleet.client.training import LocalTrainer, load_node_data, model_key
 from fedfleet.shared.errors import DataError, ModelMismatchError, VersionMismatchError
 from fedfleet.shared.models import build_model
 from fedfleet.shared.settings import RunSettings
 from fedfleet.shared.version import __version__
 
 SETTINGS = RunSettings(local_epochs=3, fedfleet_version=__version__)
+SGD = SETTINGS.replace(optimizer="sgd", momentum=0.9, learning_rate=0.05)
 
 
 def _initial_weights(settings: RunSettings = SETTINGS) -> list[np.ndarray]:
@@ -125,3 +128,80 @@ def test_bad_data_is_reported_and_rechecked_not_crash_looped(tmp_path: Path) -> 
 
     assert "4 samples" in wait_for_data(node, retry=30, sleep=fix_then_sleep)
     assert naps == [30]
+
+
+def test_the_model_cache_key_holds_the_optimizer_and_momentum() -> None:
+    """Adam, plain SGD and SGD with two momenta are four different compiled models."""
+    keys = {model_key(SETTINGS), model_key(SGD.replace(momentum=0.0)),
+            model_key(SGD), model_key(SGD.replace(momentum=0.5))}
+    assert len(keys) == 4
+    assert model_key(SGD) == model_key(SGD.replace(num_rounds=7))  # not a model setting
+
+
+def test_a_trainer_never_reuses_an_adam_model_for_sgd() -> None:
+    """One trainer, Adam then SGD (same learning rate): the second compiles SGD."""
+    import keras
+
+    # Prepare
+    trainer = LocalTrainer(NodeData(partition_id=0, num_partitions=3))
+    start = _initial_weights()
+    adam = SETTINGS.replace(local_epochs=1)
+    sgd = adam.replace(optimizer="sgd", momentum=0.9)  # only the optimizer differs
+    # Execute
+    _, adam_metrics = trainer.train(start, adam)
+    adam_model = trainer.model(adam, start)
+    _, sgd_metrics = trainer.train(start, sgd)
+    # Assert
+    assert "sgd_momentum" not in adam_metrics  # Adam runs report what they did before
+    assert isinstance(adam_model.optimizer, keras.optimizers.Adam)
+    assert sgd_metrics["sgd_momentum"] == pytest.approx(0.9)
+    assert isinstance(trainer.model(sgd, start).optimizer, keras.optimizers.SGD)
+    assert trainer.model(sgd, start) is not adam_model
+
+
+def test_sgd_with_momentum_learns() -> None:
+    """SGD (lr 0.05, momentum 0.9) on one partition beats chance on its hold-out."""
+    trainer = LocalTrainer(NodeData(partition_id=0, num_partitions=3))
+    start = _initial_weights(SGD)
+    before = trainer.evaluate(start, SGD)
+    weights, metrics = trainer.train(start, SGD)
+    after = trainer.evaluate(weights, SGD)
+    assert after["eval_accuracy"] > max(0.5, before["eval_accuracy"])
+    assert metrics["sgd_momentum"] == pytest.approx(0.9)
+
+
+def test_fedprox_works_with_sgd() -> None:
+    """FedProx's proximal step uses the compiled SGD and still pulls towards the start."""
+    trainer = LocalTrainer(NodeData(partition_id=1, num_partitions=3))
+    start = _initial_weights(SGD)
+
+    def drift(mu: float) -> float:
+        weights, metrics = trainer.train(start, SGD, proximal_mu=mu)
+        assert 0 <= metrics["train_accuracy"] <= 1 and metrics["train_loss"] > 0
+        assert metrics["sgd_momentum"] == pytest.approx(0.9)
+        return float(sum(np.sum((w - s) ** 2) for w, s in zip(weights, start,
+                                                                strict=True)))
+
+    assert 0 < drift(5.0) < drift(0.0)
+
+
+def test_each_round_starts_sgd_momentum_from_rest(monkeypatch: pytest.MonkeyPatch
+                                                  ) -> None:
+    """The warm trainer keeps the model between rounds, but not last round's velocity."""
+    # Prepare: one round leaves a velocity behind
+    trainer = LocalTrainer(NodeData(partition_id=0, num_partitions=3))
+    start = _initial_weights(SGD)
+    trainer.train(start, SGD.replace(local_epochs=1))
+    model = trainer.model(SGD, start)
+    assert any(np.any(v.numpy() != 0) for v in model.optimizer.momentums)
+    seen: list[float] = []
+
+    def fit(model: Any, *args: Any) -> tuple[float, float]:
+        seen.append(sum(float(np.abs(v.numpy()).sum()) for v in model.optimizer.momentums))
+        return 0.5, 0.5
+
+    monkeypatch.setattr(training, "_fit_proximal", fit)
+    # Execute: the next round
+    trainer.train(start, SGD, proximal_mu=0.1)
+    # Assert
+    assert seen == [0.0]

@@ -49,6 +49,28 @@ def test_pool_keeps_runs_apart_and_bounded() -> None:
     assert pool.get(1, node) is not first  # evicted, rebuilt fresh
 
 
+def test_a_run_pool_trainer_rebuilds_the_model_for_another_optimizer() -> None:
+    """The warm trainer's cached model follows the optimizer in the request's settings."""
+    # Prepare
+    pool = worker.TrainerPool()
+    node = {"data-path": "builtin:digits", "partition-id": 0, "num-partitions": 3}
+    weights = build_model("cnn", (8, 8, 1), 10).get_weights()
+    sgd = SETTINGS.replace(optimizer="sgd", momentum=0.5)  # only the optimizer differs
+
+    def train(settings: RunSettings) -> dict[str, float]:
+        header = {"op": "train", "run_id": 7, "node": node,
+                  "settings": settings.to_run_config()}
+        reply, _ = worker.handle(pool, header, weights)
+        metrics: dict[str, float] = reply["metrics"]
+        return metrics
+
+    # Execute
+    adam, first_sgd, other = train(SETTINGS), train(sgd), train(sgd.replace(momentum=0.0))
+    # Assert
+    assert "sgd_momentum" not in adam
+    assert (first_sgd["sgd_momentum"], other["sgd_momentum"]) == (0.5, 0.0)
+
+
 @pytest.fixture
 def served(tmp_path: Path) -> Path:
     """Serve a worker on a socket in a background thread; return the socket path."""

@@ -14,8 +14,8 @@ from fedfleet.shared.version import __version__
 
 def test_bundle_is_a_valid_flower_app(tmp_path: Path) -> None:
     """Flower accepts the bundle and reads back the run settings."""
-    settings = RunSettings(num_rounds=4, eval_data='we"ird\\path',
-                           fedfleet_version=__version__)
+    settings = RunSettings(num_rounds=4, eval_data='we"ird\\path', optimizer="sgd",
+                           momentum=0.9, fedfleet_version=__version__)
     write_bundle(tmp_path, settings)
     config = tomllib.loads((tmp_path / "pyproject.toml").read_text())
     ok, errors, _ = validate_config(config, check_module=True, project_dir=tmp_path)

@@ -228,6 +228,19 @@ def test_metrics_are_filtered_and_every_drop_is_named() -> None:
     assert result.metrics == {"train_loss": 0.5, "train_accuracy": 0.8, "warm": 1.0}
 
 
+def test_the_sgd_momentum_a_device_trained_with_is_kept() -> None:
+    """sgd_momentum (only SGD devices send it) reaches the record; out of range, a note."""
+    # Execute
+    result = _train(_reply(1, _weights(), {**HONEST, "sgd_momentum": 0.9}),
+                    _reply(2, _weights(), {**HONEST, "sgd_momentum": 1.5}))
+    # Assert
+    assert not result.rejected
+    assert result.reports[0].metrics["sgd_momentum"] == 0.9
+    assert "sgd_momentum" not in result.reports[1].metrics
+    assert "dropped sgd_momentum: 1.5 is outside [0, 1]" in _notes(result)["2"]
+    assert "sgd_momentum" not in result.metrics  # per device, not averaged
+
+
 def test_the_global_eval_set_is_all_or_nothing() -> None:
     """A partial or invalid global_eval_* set is dropped with its reason."""
     partial = {**HONEST, "global_eval_loss": 0.4}

@@ -56,3 +56,29 @@ def test_the_min_grace_reaches_the_settings_and_the_grid(tmp_path: Path) -> None
     assert settings.round_min_grace == 20.0
     assert _settings([], tmp_path).round_min_grace == 10.0
     assert RunSettings.from_run_config(settings.to_run_config()).round_min_grace == 20.0
+
+
+def test_the_optimizer_options_reach_the_settings(tmp_path: Path) -> None:
+    """--optimizer sgd --momentum 0.9 (any case); the defaults are Adam without momentum."""
+    # Execute
+    settings = _settings(["--optimizer", "SGD", "--momentum", "0.9",
+                          "--learning-rate", "0.05"], tmp_path)
+    default = _settings([], tmp_path)
+    # Assert
+    assert (settings.optimizer, settings.momentum, settings.learning_rate) == (
+        "sgd", 0.9, 0.05)
+    assert (default.optimizer, default.momentum) == ("adam", 0.0)
+    assert RunSettings.from_run_config(settings.to_run_config()) == settings
+
+
+def test_the_optimizer_options_are_in_the_help() -> None:
+    """The help of fedfleet run / server lists both options with their defaults."""
+    @click.command()
+    @run_options
+    def command(**options: Any) -> None:
+        pass
+
+    result = CliRunner().invoke(command, ["--help"])
+    text = " ".join(result.output.split())
+    assert "--optimizer [adam|sgd]" in text and "[default: adam]" in text
+    assert "--momentum FLOAT RANGE" in text and "sgd only" in text

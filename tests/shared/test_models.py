@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from fedfleet.shared.errors import ConfigError, ModelMismatchError
-from fedfleet.shared.models import build_model, resolve_builder
+from fedfleet.shared.models import build_model, make_optimizer, resolve_builder
 from fedfleet.shared.weights import check_weights, specs_of
 
 
@@ -64,3 +64,36 @@ def test_check_weights_names_the_difference() -> None:
     wrong_dtype = [w.astype(np.float64) for w in weights]
     with pytest.raises(ModelMismatchError, match="float64"):
         check_weights(specs, wrong_dtype, "node 7")
+
+
+def test_build_model_compiles_the_requested_optimizer() -> None:
+    """Adam by default; SGD with the momentum and learning rate asked for."""
+    import keras
+
+    # Execute
+    default = build_model("mlp", (4,), 2, 0.01)
+    sgd = build_model("mlp", (4,), 2, 0.05, optimizer="sgd", momentum=0.9)
+    plain = build_model("mlp", (4,), 2, 0.05, optimizer="sgd")
+    # Assert
+    assert isinstance(default.optimizer, keras.optimizers.Adam)
+    assert float(default.optimizer.learning_rate) == pytest.approx(0.01)
+    assert isinstance(sgd.optimizer, keras.optimizers.SGD)
+    assert sgd.optimizer.momentum == pytest.approx(0.9)
+    assert float(sgd.optimizer.learning_rate) == pytest.approx(0.05)
+    assert isinstance(plain.optimizer, keras.optimizers.SGD)
+    assert plain.optimizer.momentum == 0.0
+
+
+@pytest.mark.parametrize(
+    ("name", "momentum", "message"),
+    [
+        ("rmsprop", 0.0, "optimizer must be one of adam, sgd, not 'rmsprop'"),
+        ("adam", 0.9, "momentum 0.9 needs optimizer sgd"),
+        ("sgd", 1.0, r"momentum must be in \[0, 1\)"),
+    ],
+)
+def test_make_optimizer_refuses_what_it_cannot_honour(name: str, momentum: float,
+                                                      message: str) -> None:
+    """An unknown optimizer, or a momentum Adam would ignore, is an error."""
+    with pytest.raises(ConfigError, match=message):
+        make_optimizer(name, 0.01, momentum)

@@ -40,6 +40,11 @@ def test_from_run_config_converts_types_and_ignores_unknown_keys() -> None:
         ({"round_pace_margin": 0.5}, "round-pace-margin"),
         ({"round_pace_cap": 0.0}, "round-pace-cap"),
         ({"straggler_rounds": 0}, "straggler-rounds"),
+        ({"optimizer": "rmsprop"}, "optimizer must be one of adam, sgd, not 'rmsprop'"),
+        ({"optimizer": "sgd", "momentum": 1.0}, r"momentum must be in \[0, 1\), not 1"),
+        ({"optimizer": "sgd", "momentum": -0.1}, r"momentum must be in \[0, 1\)"),
+        ({"momentum": 0.9}, "momentum 0.9 needs optimizer sgd .*: set optimizer sgd, "
+                            "or momentum 0"),
     ],
 )
 def test_invalid_settings_name_the_setting(change: dict[str, object], message: str
@@ -69,3 +74,19 @@ def test_the_paced_deadline_travels_in_the_run_config() -> None:
     assert (config["round-deadline"], config["round-pace-margin"]) == ("paced", 1.5)
     assert RunSettings.from_run_config(config) == settings
     assert RunSettings().round_deadline == "fixed"
+
+
+def test_the_optimizer_travels_in_the_run_config_and_defaults_to_adam() -> None:
+    """Optimizer and momentum go out as run-config keys and come back typed."""
+    # Prepare
+    settings = RunSettings(optimizer="sgd", momentum=0.9, learning_rate=0.05)
+    # Execute
+    config = settings.to_run_config()
+    # Assert
+    assert (config["optimizer"], config["momentum"]) == ("sgd", 0.9)
+    assert RunSettings.from_run_config(config) == settings
+    assert RunSettings.from_run_config({"optimizer": "sgd", "momentum": 0}).momentum == 0.0
+    assert (RunSettings().optimizer, RunSettings().momentum) == ("adam", 0.0)
+    older = {k: v for k, v in RunSettings().to_run_config().items()
+             if k not in ("optimizer", "momentum")}  # a run config without the keys
+    assert RunSettings.from_run_config(older) == RunSettings()

@@ -45,6 +45,41 @@ def load_node_data(node: NodeData, settings: RunSettings) -> tuple[np.ndarray, .
     return split_holdout(x, y, settings.eval_fraction, settings.data_seed)
 
 
+def model_key(settings: RunSettings) -> tuple[Any, ...]:
+    """Return what a compiled model depends on: a trainer rebuilds it when this changes.
+
+    The optimizer and its momentum are part of it, so a run with SGD never trains a
+    model compiled with Adam (or with another momentum).
+    """
+    return (settings.model, settings.input_shape, settings.num_classes,
+            settings.learning_rate, settings.optimizer, settings.momentum)
+
+
+def optimizer_metrics(model: Any) -> dict[str, float]:
+    """Return what the compiled model's optimizer is, for the server's record.
+
+    ``sgd_momentum``: the momentum of the SGD the model was compiled with; absent with
+    Adam (whose runs' records stay as they were). Read from the model, not the
+    settings, so a device that trained with anything else cannot report it.
+    """
+    import keras
+
+    if isinstance(model.optimizer, keras.optimizers.SGD):
+        return {"sgd_momentum": float(model.optimizer.momentum)}
+    return {}
+
+
+def _restart_momentum(model: Any) -> None:
+    """Zero SGD's momentum, so each round's local training starts from rest.
+
+    As in FedAvg with local momentum, and as a ClientApp without the warm trainer
+    (a fresh process per message) does anyway: the previous round's velocity belongs
+    to weights that the new global model replaced.
+    """
+    for velocity in getattr(model.optimizer, "momentums", None) or ():
+        velocity.assign(np.zeros(velocity.shape, dtype=velocity.dtype))
+
+
 class LocalTrainer:
     """Trains and evaluates the shared model on one device's data."""
 
@@ -71,12 +106,12 @@ class LocalTrainer:
 
         from fedfleet.shared.models import build_model
 
-        key = (settings.model, settings.input_shape, settings.num_classes,
-               settings.learning_rate)
+        key = model_key(settings)
         if key != self._model_key:
             keras.backend.clear_session()
             self._model = build_model(settings.model, settings.shape,
-                                      settings.num_classes, settings.learning_rate)
+                                      settings.num_classes, settings.learning_rate,
+                                      settings.optimizer, settings.momentum)
             self._model_key = key
         check_weights(specs_of(self._model.get_weights()), weights, "the server")
         self._model.set_weights(list(weights))
@@ -102,6 +137,8 @@ class LocalTrainer:
                    "global_eval_accuracy": scores["eval_accuracy"],
                    "global_eval_examples": scores[NUM_EXAMPLES_KEY]}
         model = self.model(settings, weights)
+        if settings.optimizer == "sgd":
+            _restart_momentum(model)
         t_fit = time.perf_counter()
         if proximal_mu > 0:
             loss, acc = _fit_proximal(model, x_tr, y_tr, settings, proximal_mu)
@@ -122,6 +159,7 @@ class LocalTrainer:
             "train_accuracy": acc,
             "train_time_s": train_time,
             "client_time_s": time.perf_counter() - t0,
+            **optimizer_metrics(model),
             **pre,
         }
 

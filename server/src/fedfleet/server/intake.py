@@ -78,6 +78,7 @@ TRAIN_METRICS: dict[str, Range] = {
     "train_accuracy": (0.0, 1.0),
     "train_time_s": (0.0, _INF),
     "client_time_s": (0.0, _INF),
+    "sgd_momentum": (0.0, 1.0),  # the device trained with SGD at this momentum
     **COMMON_METRICS,
 }
 """Train metrics kept (besides ``num-examples`` and the ``global_eval_*`` set)."""

@@ -131,8 +131,10 @@ def submit_and_follow(control: Control, settings: RunSettings, state_dir: Path,
     Ends with the summary line.
     """
     run_id = control.submit(settings, state_dir / "bundle")
+    local = (f" with local SGD (momentum {settings.momentum:g})"
+             if settings.optimizer == "sgd" else "")
     echo(f"Run {run_id} started: {settings.num_rounds} rounds of "
-         f"{settings.strategy}, waiting for {settings.min_clients} clients")
+         f"{settings.strategy}{local}, waiting for {settings.min_clients} clients")
     follower = RunFollower(control, run_id, output_dir, on_line=echo)
     if live:
         follower.show = LiveView(sys.stdout, run_id).show

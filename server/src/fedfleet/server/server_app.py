@@ -55,7 +55,7 @@ def main(grid: Grid, context: Context) -> None:
         files = RunFiles(Path(settings.output_dir) / f"run-{context.run_id}")
     keras.utils.set_random_seed(settings.data_seed)  # same initial model for the same seed
     model = build_model(settings.model, settings.shape, settings.num_classes,
-                        settings.learning_rate)
+                        settings.learning_rate, settings.optimizer, settings.momentum)
     weights = model.get_weights()
     specs = specs_of(weights)
     info: RunInfo = {"run_id": context.run_id, "started_at": time.time(),

@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, cast
 
 from fedfleet.shared.errors import ConfigError
+from fedfleet.shared.settings import OPTIMIZERS
 
 ModelBuilder = Callable[[tuple[int, ...], int], Any]
 """A function ``(input_shape, num_classes) -> uncompiled keras.Model`` ending in softmax."""
@@ -97,13 +98,42 @@ def resolve_builder(name: str) -> ModelBuilder:
     return cast(ModelBuilder, builder)  # a user's function, loaded by name
 
 
+def make_optimizer(name: str, learning_rate: float, momentum: float = 0.0) -> Any:
+    """Return a fresh Keras optimizer: ``adam``, or ``sgd`` with ``momentum``.
+
+    Raises
+    ------
+    ConfigError
+        If the name is unknown, or ``momentum`` is given for Adam or is outside [0, 1).
+    """
+    keras = _keras()
+    if name == "adam":
+        if momentum:
+            raise ConfigError(f"momentum {momentum:g} needs optimizer sgd (Adam has no "
+                              "momentum setting): set optimizer sgd, or momentum 0")
+        return keras.optimizers.Adam(learning_rate)
+    if name == "sgd":
+        if not 0 <= momentum < 1:
+            raise ConfigError(f"momentum must be in [0, 1), not {momentum:g}")
+        return keras.optimizers.SGD(learning_rate, momentum=float(momentum))
+    raise ConfigError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, not {name!r}")
+
+
 def build_model(
     name: str,
     input_shape: Sequence[int],
     num_classes: int,
     learning_rate: float = 0.005,
+    optimizer: str = "adam",
+    momentum: float = 0.0,
 ) -> Any:
-    """Build and compile the model ``name`` (Adam, sparse cross-entropy, accuracy)."""
+    """Build and compile the model ``name`` (``optimizer``, sparse cross-entropy, accuracy).
+
+    Raises
+    ------
+    ConfigError
+        If the model, its classes or the optimizer settings are invalid.
+    """
     keras = _keras()
     if num_classes < 2:
         raise ConfigError(f"num-classes must be at least 2, got {num_classes}")
@@ -112,7 +142,7 @@ def build_model(
         raise ConfigError(f"model builder {name!r} returned {type(model).__name__}, "
                           "not a keras.Model")
     model.compile(
-        optimizer=keras.optimizers.Adam(learning_rate),
+        optimizer=make_optimizer(optimizer, learning_rate, momentum),
         loss="sparse_categorical_crossentropy",
         metrics=["accuracy"],
     )

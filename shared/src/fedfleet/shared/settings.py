@@ -25,6 +25,10 @@ at least 10 s); ``paced``, also waiting for the devices whose learned reply time
 they will make it, up to ``round-pace-cap`` times the quorum's time
 (:mod:`fedfleet.server.pace`)."""
 
+OPTIMIZERS = ("adam", "sgd")
+"""The devices' local optimizer: Adam, or plain SGD with optional (heavy-ball)
+``momentum``, the optimizer most federated optimization results assume."""
+
 
 def parse_shape(text: str) -> tuple[int, ...]:
     """Parse an input shape such as ``"8,8,1"`` or ``"64"``.
@@ -81,6 +85,8 @@ class RunSettings:
     local_epochs: int = 2
     batch_size: int = 32
     learning_rate: float = 0.005
+    optimizer: str = "adam"
+    momentum: float = 0.0  # sgd only
     fraction_train: float = 1.0
     fraction_evaluate: float = 1.0
     min_clients: int = 2
@@ -122,6 +128,12 @@ class RunSettings:
             (self.local_epochs >= 1, "local-epochs must be >= 1"),
             (self.batch_size >= 1, "batch-size must be >= 1"),
             (self.learning_rate > 0, "learning-rate must be > 0"),
+            (self.optimizer in OPTIMIZERS,
+             f"optimizer must be one of {', '.join(OPTIMIZERS)}, not {self.optimizer!r}"),
+            (0 <= self.momentum < 1, f"momentum must be in [0, 1), not {self.momentum:g}"),
+            (self.momentum == 0 or self.optimizer != "adam",
+             f"momentum {self.momentum:g} needs optimizer sgd (Adam has no momentum "
+             "setting): set optimizer sgd, or momentum 0"),
             (0 < self.fraction_train <= 1, "fraction-train must be in (0, 1]"),
             (0 <= self.fraction_evaluate <= 1, "fraction-evaluate must be in [0, 1]"),
             (self.min_clients >= 1, "min-clients must be >= 1"),

@@ -16,7 +16,7 @@ from fedfleet.shared.compression import METHODS
 from fedfleet.shared.constants import SUPERLINK_PORT
 from fedfleet.shared.data.partition import PARTITIONINGS
 from fedfleet.shared.options import ADDRESS
-from fedfleet.shared.settings import CLIENT_EVAL, ROUND_DEADLINES, RunSettings
+from fedfleet.shared.settings import CLIENT_EVAL, OPTIMIZERS, ROUND_DEADLINES, RunSettings
 
 FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
 DIR = click.Path(file_okay=False, path_type=Path)
@@ -33,7 +33,16 @@ RUN_OPTIONS: list[Callable[[Any], Any]] = [
                  show_default=True, help="Client batch size."),
     click.option("--learning-rate", type=click.FloatRange(min=0, min_open=True),
                  default=D.learning_rate, show_default=True,
-                 help="Client learning rate (Adam)."),
+                 help="Client learning rate (of --optimizer; SGD usually wants a "
+                      "larger one than Adam, e.g. 0.05)."),
+    click.option("--optimizer", type=click.Choice(OPTIMIZERS, case_sensitive=False),
+                 default=D.optimizer, show_default=True,
+                 help="Local optimizer on the devices: adam, or plain sgd (what most "
+                      "federated optimization results assume), with --momentum."),
+    click.option("--momentum", type=click.FloatRange(0, 1, max_open=True),
+                 default=D.momentum, show_default=True,
+                 help="sgd only: heavy-ball momentum, restarted from zero every "
+                      "round (0: plain SGD)."),
     click.option("--fraction-train", type=click.FloatRange(0, 1, min_open=True),
                  default=D.fraction_train, show_default=True,
                  help="Share of connected clients that train each round (at least one)."),
