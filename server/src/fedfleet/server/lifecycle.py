@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fedfleet.server.authorized_keys import register_authorized_keys
-from fedfleet.server.control import Control
+from fedfleet.server.control import Control, Simulation
 from fedfleet.server.follower import RunFollower
 from fedfleet.server.live import LiveView
 from fedfleet.server.resume import continuation, find_interrupted
@@ -125,12 +125,12 @@ def _progress_writer(state_dir: Path, every: float = 0.5) -> Callable[[int, int]
 def submit_and_follow(control: Control, settings: RunSettings, state_dir: Path,
                       output_dir: Path, echo: Echo,
                       alive: Callable[[], bool] = lambda: True,
-                      live: bool = False) -> None:
+                      live: bool = False, simulation: Simulation | None = None) -> None:
     """Submit a run and follow it: a line per round (or, ``live``, a redrawn view).
 
-    Ends with the summary line.
+    Ends with the summary line. ``simulation``: submit it as a simulation run.
     """
-    run_id = control.submit(settings, state_dir / "bundle")
+    run_id = control.submit(settings, state_dir / "bundle", simulation)
     echo(f"Run {run_id} started: {settings.num_rounds} rounds of "
          f"{settings.strategy}, waiting for {settings.min_clients} clients")
     follower = RunFollower(control, run_id, output_dir, on_line=echo)
