@@ -125,10 +125,11 @@ def _progress_writer(state_dir: Path, every: float = 0.5) -> Callable[[int, int]
 def submit_and_follow(control: Control, settings: RunSettings, state_dir: Path,
                       output_dir: Path, echo: Echo,
                       alive: Callable[[], bool] = lambda: True,
-                      live: bool = False, simulation: Simulation | None = None) -> None:
+                      live: bool = False, simulation: Simulation | None = None) -> int:
     """Submit a run and follow it: a line per round (or, ``live``, a redrawn view).
 
-    Ends with the summary line. ``simulation``: submit it as a simulation run.
+    Ends with the summary line; returns the run's ID. ``simulation``: submit it as a
+    simulation run.
     """
     run_id = control.submit(settings, state_dir / "bundle", simulation)
     echo(f"Run {run_id} started: {settings.num_rounds} rounds of "
@@ -138,3 +139,4 @@ def submit_and_follow(control: Control, settings: RunSettings, state_dir: Path,
         follower.show = LiveView(sys.stdout, run_id).show
     record = follower.follow(alive)
     echo(summary(record, output_dir / f"run-{run_id}"))
+    return run_id

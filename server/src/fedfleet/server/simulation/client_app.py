@@ -32,7 +32,7 @@ from fedfleet.client.nodedata import NodeData
 from fedfleet.server.simulation.availability import device_reply
 from fedfleet.server.simulation.plan import QUERY_ACTION, SimulationPlan
 from fedfleet.shared import delivery
-from fedfleet.shared.constants import ARRAYS_KEY, CONFIG_KEY
+from fedfleet.shared.constants import ARRAYS_KEY, CONFIG_KEY, METRICS_KEY
 from fedfleet.shared.fileio import weights_digest
 from fedfleet.shared.settings import RunSettings
 
@@ -88,12 +88,28 @@ def fresh_start(msg: Message, context: Context, node: Context) -> None:
                                             server_round))
 
 
+PROCESS_TIMING = ("queue_s", "startup_s")
+"""Per-process timings of a device's ClientApp; an actor process serves many devices,
+so they say nothing about a virtual device and are left out."""
+
+
+def without_process_timing(reply: Message) -> Message:
+    """Drop :data:`PROCESS_TIMING` from a reply's metrics."""
+    if not reply.has_error():
+        metrics = reply.content.metric_records.get(METRICS_KEY)
+        if metrics is not None:
+            for key in PROCESS_TIMING:
+                if key in metrics:
+                    del metrics[key]
+    return reply
+
+
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     """Train as fedfleet's ClientApp does, on this virtual device's data."""
     node = device_context(context)
     fresh_start(msg, context, node)
-    return device_app.train(msg, node)
+    return without_process_timing(device_app.train(msg, node))
 
 
 @app.evaluate()
@@ -101,7 +117,7 @@ def evaluate(msg: Message, context: Context) -> Message:
     """Evaluate as fedfleet's ClientApp does, on this virtual device's hold-out."""
     node = device_context(context)
     fresh_start(msg, context, node)
-    return device_app.evaluate(msg, node)
+    return without_process_timing(device_app.evaluate(msg, node))
 
 
 @app.query(delivery.ACTION)

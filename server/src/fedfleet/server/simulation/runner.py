@@ -16,11 +16,12 @@ import os
 import signal
 import socket
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from fedfleet.server.control import Simulation
+from fedfleet.server.control import Control, Simulation
 from fedfleet.server.lifecycle import submit_and_follow
 from fedfleet.server.simulation.plan import RUN_CONFIG_KEY, SimulationPlan
 from fedfleet.server.superlink import ServerOptions, start_superlink
@@ -29,6 +30,9 @@ from fedfleet.shared.errors import ConfigError, FedfleetError
 from fedfleet.shared.settings import RunSettings
 
 Echo = Callable[[str], None]
+
+FINISH_TIMEOUT = 120.0
+"""Seconds to wait after the last round for the simulation process to shut Ray down."""
 
 EXTRA_HINT = ("fedfleet simulate needs the simulation extra: "
               "pip install 'fedfleet-server[simulation]'")
@@ -123,6 +127,32 @@ def submission(plan: SimulationPlan) -> Simulation:
                       federation_config=federation)
 
 
+def wait_finished(control: Control, run_id: int, alive: Callable[[], bool],
+                  timeout: float = FINISH_TIMEOUT) -> None:
+    """Wait until ``flwr-simulation`` has ended the run (Ray shut down), bounded.
+
+    The record says "completed" when the ServerApp is done; the simulation process
+    then stops its actors and Ray, and stopping the SuperLink before that leaves
+    Ray's agents behind.
+    """
+    deadline = time.monotonic() + timeout
+    while alive() and time.monotonic() < deadline:
+        try:
+            if str(control.run(run_id).get("status", "")).startswith("finished"):
+                return
+        except FedfleetError:
+            return
+        time.sleep(2.0)
+
+
+def reap_group(pgid: int) -> None:
+    """Kill what is left of the SuperLink's process group (Ray's agents ignore SIGTERM)."""
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
 def simulate(request: SimulateRequest, echo: Echo) -> None:
     """Run one simulation to its end and print it as ``fedfleet run`` does.
 
@@ -143,12 +173,15 @@ def simulate(request: SimulateRequest, echo: Echo) -> None:
         echo(f"Simulating {request.plan.devices} virtual devices "
              f"({request.plan.cpus} CPU each) on Flower's simulation engine; "
              f"SuperLink log: {request.state_dir / 'superlink.log'}")
-        submit_and_follow(options.control(), request.settings, request.state_dir,
-                          request.output_dir, echo,
-                          alive=lambda: superlink.poll() is None, live=request.live,
-                          simulation=submission(request.plan))
+        control = options.control()
+        run_id = submit_and_follow(control, request.settings, request.state_dir,
+                                   request.output_dir, echo,
+                                   alive=lambda: superlink.poll() is None,
+                                   live=request.live, simulation=submission(request.plan))
+        wait_finished(control, run_id, alive=lambda: superlink.poll() is None)
     except KeyboardInterrupt:
         echo("Stopping.")
         raise FedfleetError("stopped before the simulation finished") from None
     finally:
         process.stop(superlink)
+        reap_group(superlink.pid)
