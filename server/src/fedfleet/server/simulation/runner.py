@@ -110,9 +110,11 @@ def simulation_env(plan: SimulationPlan, ray_address: str | None) -> dict[str, s
     threads = str(plan.cpus)
     env = {"TF_NUM_INTRAOP_THREADS": threads, "TF_NUM_INTEROP_THREADS": threads,
            "OMP_NUM_THREADS": threads, "RAY_DEDUP_LOGS": "0"}
-    address = ray_address or os.environ.get("RAY_ADDRESS")
-    if address:
-        env["RAY_ADDRESS"] = address
+    # Flower calls ray.init() without an address: Ray then joins RAY_ADDRESS, else the
+    # cluster a `ray start` on this host left in /tmp/ray/ray_current_cluster, else
+    # starts a private one. "local" makes the last explicit: a cluster is used only
+    # when asked for.
+    env["RAY_ADDRESS"] = ray_address or os.environ.get("RAY_ADDRESS") or "local"
     return env
 
 
