@@ -1,5 +1,6 @@
-"""``fedfleet simulate``: virtual devices on Flower's simulation engine (Ray), and a run
-folder that reads like a real run's (files, metrics.json keys, plots, report, export).
+"""``fedfleet simulate``: virtual devices on Flower's simulation engine (Ray).
+
+Its run folder reads like a real run's (files, metrics.json keys, plots, report, export).
 
 The real run beside it is the smallest federation (two SuperNodes, two rounds); only
 the layouts are compared, never the values.
@@ -39,7 +40,7 @@ def _files(run_dir: Path) -> set[str]:
 
 
 def _shape(record: dict[str, Any]) -> dict[str, Any]:
-    """The keys of a run record, level by level (no values)."""
+    """Return the keys of a run record, level by level (no values)."""
     return {"top": sorted(record), "run": sorted(record["run"]),
             "settings": sorted(record["run"]["settings"]),
             "rounds": [sorted(row) for row in record["rounds"]],
@@ -91,7 +92,9 @@ def test_a_simulated_run_reads_like_a_real_one(fleet: Fleet, tmp_path: Path) -> 
         offline = {node for node, device in availability["nodes"].items()
                    if device in drawn["offline"]}
         assert len(offline) == 2
-        assert not offline & {client["node_id"] for client in row["clients"]}
+        trained = {c["node_id"] for c in row["clients"] if "weight" in c}  # this round's
+        assert len(trained) == 4 and not offline & trained  # (others: the eval of it)
+    assert sim["rounds"][-1]["eval_replies"] == 8  # the last round's evaluate: all online
 
     report = cli(tmp_path, "report", str(sim_dir))
     assert report.returncode == 0, report.stderr

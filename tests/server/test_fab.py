@@ -46,7 +46,7 @@ def test_entry_modules_point_at_installed_apps(tmp_path: Path) -> None:
 
 def test_a_simulation_bundle_carries_the_plan_and_the_simulation_entries(
         tmp_path: Path) -> None:
-    """fedfleet simulate's bundle: valid, the plan in its run config, the sim apps."""
+    """Fedfleet simulate's bundle: valid, the plan in its run config, the sim apps."""
     import importlib
     import sys
 

@@ -1,5 +1,8 @@
-"""The simulation's ClientApp: a virtual device's work does not depend on which devices
-the (reused) actor process served before, and a device ClientApp ignores the plan."""
+"""The simulation's ClientApp: each virtual device trains as if alone in its process.
+
+A virtual device's work does not depend on which devices the (reused) actor process
+served before, and a device ClientApp ignores the plan.
+"""
 
 from __future__ import annotations
 
@@ -34,7 +37,7 @@ def _task_identity() -> Iterator[None]:
 
 @pytest.fixture(scope="module")
 def global_weights() -> list[np.ndarray]:
-    """The run's initial CNN weights."""
+    """Return the run's initial CNN weights."""
     import keras
 
     from fedfleet.shared.models import build_model
@@ -52,7 +55,7 @@ def _train_message(weights: list[np.ndarray], node: int, server_round: int) -> M
 
 
 def _context(device: int, run_config: dict[str, Any] | None = None) -> Context:
-    """A virtual node's context as Flower's simulation engine makes it."""
+    """Return a virtual node's context as Flower's simulation engine makes it."""
     return Context(run_id=77, node_id=100 + device,
                    node_config={"partition-id": device, "num-partitions": PLAN.devices},
                    state=RecordDict(), run_config=dict(run_config or RUN_CONFIG))
@@ -68,7 +71,7 @@ def _train(weights: list[np.ndarray], device: int, server_round: int = 2
 
 
 def _fresh_process() -> None:
-    """What a new actor process would have: no cached trainers, no Keras state."""
+    """Start over as a new actor process would: no cached trainers, no Keras state."""
     import keras
 
     device_app._trainer.cache_clear()

@@ -1,5 +1,7 @@
-"""The simulation's plan: each virtual device's data, availability and its trace files,
-and the grid that leaves offline devices out of a round."""
+"""The simulation's plan: each virtual device's data and availability.
+
+Also the trace files and the grid that leaves offline devices out of a round.
+"""
 
 from __future__ import annotations
 
@@ -75,7 +77,7 @@ def test_a_run_config_without_a_plan_is_refused() -> None:
 
 
 def test_unavailable_draws_that_share_anew_each_round_and_repeatably() -> None:
-    """--unavailable 0.3 of 20: 6 devices offline per round, others next round, same seed same draw."""
+    """--unavailable 0.3 of 20: 6 offline per round, others next round; a seed repeats."""
     plan = SimulationPlan(devices=20, data=("builtin:digits",), unavailable=0.3, seed=5)
     rounds = [plan.offline(r) for r in range(1, 6)]
     assert all(len(down) == 6 and down <= set(range(20)) for down in rounds)

@@ -57,8 +57,7 @@ def toml_value(value: Scalar) -> str:
 
 
 def pyproject(settings: RunSettings, extra: Mapping[str, Scalar] | None = None) -> str:
-    """Return the bundle's ``pyproject.toml`` with ``settings`` (and ``extra``) as its
-    run config."""
+    """Return the bundle's ``pyproject.toml``: ``settings`` (and ``extra``) as run config."""
     entries = {**settings.to_run_config(), **(extra or {})}
     config = "\n".join(f"{key} = {toml_value(value)}" for key, value in entries.items())
     return f"""[build-system]

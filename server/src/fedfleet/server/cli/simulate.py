@@ -1,4 +1,4 @@
-"""``fedfleet simulate``: parse its options, then :func:`fedfleet.server.simulation.runner.simulate`."""
+"""``fedfleet simulate``: parse its options, then :func:`~.simulation.runner.simulate`."""
 
 from __future__ import annotations
 
@@ -71,12 +71,11 @@ def simulate(devices: int | None, data: str, device_data: Path | None,
              gpus_per_device: float, unavailable: float, availability: Path | None,
              ray_address: str | None, state_dir: Path, output_dir: Path,
              **run_settings: Any) -> None:
-    """Try a run on virtual devices: fedfleet's server and client on Flower's
-    simulation engine (Ray).
+    """Try a run on virtual devices: fedfleet's apps on Flower's simulation engine.
 
     The same ServerApp and ClientApp as a real fleet (settings, strategies, reply
     intake, compression, run folder, metrics, plots, report, models), with N virtual
-    devices on this machine or a Ray cluster. Each holds partition i of N of --data
+    devices on Ray, on this machine or a cluster. Each holds partition i of N of --data
     (--partitioning iid|dirichlet), or one entry of --device-data. --unavailable and
     --availability take devices offline to show a strategy under churn. Needs
     pip install 'fedfleet-server[simulation]'.

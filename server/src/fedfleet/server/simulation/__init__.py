@@ -1,7 +1,7 @@
-"""``fedfleet simulate``: fedfleet's own ServerApp and ClientApp on Flower's simulation
-engine (Ray), with virtual devices.
+"""``fedfleet simulate``: fedfleet's apps on Flower's simulation engine (Ray).
 
-Simulation-only code, never installed on or run by a device:
+fedfleet's own ServerApp and ClientApp with virtual devices. Simulation-only code,
+never run on a device:
 
 - :mod:`~fedfleet.server.simulation.plan`: the simulation's plan (which data each
   virtual device holds, which devices are online in which round), carried to the

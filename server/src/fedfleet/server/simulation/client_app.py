@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import os
 from functools import lru_cache
+from typing import Any
 
 import numpy as np
 from flwr.app import ConfigRecord, Context, Message, RecordDict
@@ -128,9 +129,11 @@ def final_model(msg: Message, context: Context) -> Message:
     server_round = record.get("round", 0)
     arrays = msg.content.array_records.get(ARRAYS_KEY)
     digest = weights_digest(arrays.to_numpy_ndarrays()) if arrays is not None else ""
-    stored = {"stored": "nothing (virtual device)",
-              "round": server_round if isinstance(server_round, int) else 0,
-              delivery.WEIGHTS_DIGEST: digest, "keras-sha256": "", "tflite-sha256": ""}
+    stored: dict[str, Any] = {"stored": "nothing (virtual device)",
+                                    "round": server_round
+                                    if isinstance(server_round, int) else 0,
+                                    delivery.WEIGHTS_DIGEST: digest,
+                                    "keras-sha256": "", "tflite-sha256": ""}
     return Message(RecordDict({delivery.INFO_KEY: ConfigRecord(stored)}), reply_to=msg)
 
 

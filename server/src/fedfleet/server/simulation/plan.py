@@ -78,11 +78,11 @@ class SimulationPlan:
         """Whether some device may be offline in some round."""
         return self.unavailable > 0 or bool(self.availability)
 
-    def node_config(self, device: int) -> dict[str, str | int]:
+    def node_config(self, device: int) -> dict[str, bool | float | int | str]:
         """Return fedfleet's node config for virtual device ``device`` (0-based)."""
         if not 0 <= device < self.devices:
             raise ConfigError(f"virtual device {device} is outside 0..{self.devices - 1}")
-        config: dict[str, str | int] = {"label-column": self.label_column,
+        config: dict[str, bool | float | int | str] = {"label-column": self.label_column,
                                         "class-names": self.class_names}
         if self.per_device:
             config["data-path"] = self.data[device]

@@ -69,8 +69,10 @@ def check_installed() -> None:
 
 
 def check_request(plan: SimulationPlan, settings: RunSettings) -> None:
-    """Reject what would only fail mid-run: data that cannot be shared out, too few
-    devices online for a round.
+    """Reject what would only fail mid-run.
+
+    The shared data must load and split into ``devices`` partitions, and enough
+    devices must be online in every round.
 
     Raises
     ------
