@@ -75,10 +75,10 @@ def device_seed(data_seed: int, device: int, server_round: int) -> int:
 
 def fresh_start(msg: Message, context: Context, node: Context) -> None:
     """Leave nothing of the previous virtual device in this process."""
+    plan = SimulationPlan.from_run_config(context.run_config)
+    set_threads(plan.cpus)  # before Keras: TensorFlow's pools are sized once, at start
     import keras
 
-    plan = SimulationPlan.from_run_config(context.run_config)
-    set_threads(plan.cpus)
     settings = RunSettings.from_run_config(context.run_config)
     config = msg.content.config_records.get(CONFIG_KEY)
     server_round = config.get("server-round", 0) if config is not None else 0
