@@ -104,3 +104,33 @@ def test_a_simulated_run_reads_like_a_real_one(fleet: Fleet, tmp_path: Path) -> 
     assert list((sim_dir / "exports").glob("*.tflite"))
     models = cli(tmp_path, "models", str(sim_dir))
     assert models.returncode == 0 and "round" in models.stdout.lower(), models.stdout
+
+
+def test_device_data_and_an_availability_trace(fleet: Fleet, tmp_path: Path) -> None:
+    """One file per device, a trace taking one of three offline each round."""
+    import numpy as np
+
+    from fedfleet.shared.data import load_dataset, partition
+
+    digits = load_dataset("builtin:digits")
+    (tmp_path / "devices").mkdir()
+    for i, name in enumerate(["clinic-a", "clinic-b", "clinic-c"]):
+        idx = partition(digits.y, i, 3, "iid", 0.5, 1)
+        np.savez(tmp_path / "devices" / f"{name}.npz", x=digits.x[idx], y=digits.y[idx])
+    (tmp_path / "trace.csv").write_text("device,1,2\n0,1,0\n2,0,1\n")
+    proc = fleet.start("sim", "simulate", "--device-data", "devices", "--availability",
+                       "trace.csv", "--rounds", "2", "--local-epochs", "1",
+                       "--output-dir", "sim", "--state-dir", "sim-state")
+    output = _wait(fleet, "sim", proc)
+    assert "Simulating 3 virtual devices" in output and "round 2/2 |" in output
+
+    (run_dir,) = (tmp_path / "sim").glob("run-*")
+    record = json.loads((run_dir / "metrics.json").read_text())
+    availability = json.loads((run_dir / "simulation.json").read_text())
+    assert [(r["available"], r["offline"]) for r in availability["rounds"]] == [
+        (2, [2]), (2, [0])]
+    for row, offline_device in zip(record["rounds"], (2, 0), strict=True):
+        devices = {availability["nodes"][c["node_id"]] for c in row["clients"]
+                   if "weight" in c}
+        assert devices == {0, 1, 2} - {offline_device}
+        assert all(c["weight"] == 383 for c in row["clients"] if "weight" in c)

@@ -83,9 +83,15 @@ def simulate(devices: int | None, data: str, device_data: Path | None,
     \b
     Example:
         fedfleet simulate --devices 100 --fraction-train 0.1 --rounds 30 \\
-            --partitioning dirichlet --dirichlet-alpha 0.3
-        fedfleet simulate --device-data hospitals/ --rounds 5 --unavailable 0.2
+            --partitioning iid
+        fedfleet simulate --devices 30 --partitioning dirichlet \\
+            --dirichlet-alpha 0.3 --unavailable 0.2
+        fedfleet simulate --device-data hospitals/ --availability trace.csv
         fedfleet report outputs/run-<id>
+
+    The built-in digits (1437 images) split into at most ~40 devices at
+    --dirichlet-alpha 0.3; for more, bring more data (--data builtin:mnist
+    --eval-data builtin:mnist). See docs/simulation.md.
     """
     from fedfleet.server.simulation.plan import SimulationPlan, read_availability
     from fedfleet.server.simulation.runner import SimulateRequest, check_installed, simulate
