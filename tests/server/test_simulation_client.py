@@ -54,17 +54,18 @@ def _train_message(weights: list[np.ndarray], node: int, server_round: int) -> M
     return Message(content, node, "train")
 
 
-def _context(device: int, run_config: dict[str, Any] | None = None) -> Context:
+def _context(device: int, state: RecordDict | None = None) -> Context:
     """Return a virtual node's context as Flower's simulation engine makes it."""
     return Context(run_id=77, node_id=100 + device,
                    node_config={"partition-id": device, "num-partitions": PLAN.devices},
-                   state=RecordDict(), run_config=dict(run_config or RUN_CONFIG))
+                   state=state if state is not None else RecordDict(),
+                   run_config=dict(RUN_CONFIG))
 
 
-def _train(weights: list[np.ndarray], device: int, server_round: int = 2
-           ) -> tuple[list[np.ndarray], dict[str, Any]]:
+def _train(weights: list[np.ndarray], device: int, server_round: int = 2,
+           context: Context | None = None) -> tuple[list[np.ndarray], dict[str, Any]]:
     reply = sim_app.train(_train_message(weights, 100 + device, server_round),
-                          _context(device))
+                          context or _context(device))
     assert not reply.has_error(), reply.error
     metrics = dict(reply.content.metric_records["metrics"])
     return reply.content.array_records["arrays"].to_numpy_ndarrays(), metrics
@@ -95,6 +96,36 @@ def test_a_device_after_others_trains_as_if_alone(global_weights: list[np.ndarra
     assert metrics_after_a["train_loss"] == metrics_fresh["train_loss"]
     assert metrics_after_a["num-examples"] == metrics_fresh["num-examples"]
     assert "queue_s" not in metrics_fresh and "startup_s" not in metrics_fresh
+
+
+def _optimizer_state(context: Context) -> list[np.ndarray]:
+    return context.state.array_records[sim_app.OPTIMIZER_STATE].to_numpy_ndarrays()
+
+
+def test_a_device_keeps_its_optimizer_state_between_rounds_as_a_warm_trainer(
+        global_weights: list[np.ndarray]) -> None:
+    """Adam's step and moments carry over in the node's context, whoever ran before."""
+    _fresh_process()
+    context = _context(1)
+    new, metrics = _train(global_weights, device=1, server_round=1, context=context)
+    steps = int(np.ceil(metrics["num-examples"] / SETTINGS.batch_size))
+    first = _optimizer_state(context)
+    assert int(first[0]) == steps  # Keras's optimizer "iteration" comes first
+
+    def second_round(after_other_device: bool) -> tuple[list[np.ndarray], Context]:
+        carried = _context(1, RecordDict({sim_app.OPTIMIZER_STATE: ArrayRecord(first)}))
+        _fresh_process()
+        if after_other_device:
+            _train(global_weights, device=0, server_round=2)
+        return _train(new, device=1, server_round=2, context=carried)[0], carried
+
+    after_other, carried = second_round(after_other_device=True)
+    alone, _ = second_round(after_other_device=False)
+    for left, right in zip(after_other, alone, strict=True):
+        np.testing.assert_array_equal(left, right)
+    assert int(_optimizer_state(carried)[0]) == 2 * steps
+    forgetful, _ = _train(new, device=1, server_round=2)  # the same round without state
+    assert not all(np.array_equal(a, b) for a, b in zip(alone, forgetful, strict=True))
 
 
 def test_devices_and_rounds_differ(global_weights: list[np.ndarray]) -> None:

@@ -75,6 +75,11 @@ class LocalTrainer:
         self._model_key = None
         self._model = None
 
+    @property
+    def compiled(self) -> Any:
+        """Return the compiled model of the last call, or None (none yet, or reset)."""
+        return self._model
+
     def model(self, settings: RunSettings, weights: Sequence[np.ndarray]) -> Any:
         """Return the compiled model with ``weights`` set, after checking they fit it."""
         import keras

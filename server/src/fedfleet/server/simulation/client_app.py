@@ -9,7 +9,10 @@ node config. The device ClientApp itself never reads data paths from the run con
 Ray reuses one actor process for many virtual devices, so before every message the
 trainer's model is dropped (built again after ``keras.backend.clear_session()``) and
 the random seeds are set from (data seed, device, round): a device's result does not
-depend on which devices the process served before. TensorFlow's thread pools get
+depend on which devices the process served before. What a real device's warm trainer
+keeps between rounds, its optimizer's state (Adam's moments and step), a virtual
+device keeps in its Flower ``Context.state``, which the simulation engine holds per
+node: it is restored before each train message and saved after it. TensorFlow's thread pools get
 ``--cpus-per-device`` threads, set before TensorFlow starts in the process.
 
 This module imports ``fedfleet.client``: it is loaded by ``flwr-simulation`` and in
@@ -24,7 +27,7 @@ from functools import lru_cache
 from typing import Any
 
 import numpy as np
-from flwr.app import ConfigRecord, Context, Message, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.common.constant import PARTITION_ID_KEY
 
@@ -105,12 +108,47 @@ def without_process_timing(reply: Message) -> Message:
     return reply
 
 
+OPTIMIZER_STATE = "fedfleet-optimizer"
+"""``Context.state`` entry: the virtual device's optimizer variables after its last
+train message (a real device's warm trainer keeps them in its compiled model)."""
+
+
+def restore_optimizer(msg: Message, node: Context) -> None:
+    """Build this device's model and put its saved optimizer state back, if any."""
+    saved = node.state.array_records.get(OPTIMIZER_STATE)
+    if saved is None:
+        return
+    settings = device_app._prepare(msg, node)
+    trainer = device_app._trainer(NodeData.from_node_config(node.node_config))
+    model = trainer.model(settings, device_app._received_weights(msg, settings))
+    optimizer = model.optimizer
+    optimizer.build(model.trainable_variables)
+    values = saved.to_numpy_ndarrays()
+    if [tuple(v.shape) for v in optimizer.variables] != [v.shape for v in values]:
+        return  # another model: start its optimizer afresh
+    for variable, value in zip(optimizer.variables, values, strict=True):
+        variable.assign(value)
+
+
+def save_optimizer(node: Context) -> None:
+    """Keep this device's optimizer state in its context for its next train message."""
+    trainer = device_app._trainer(NodeData.from_node_config(node.node_config))
+    model = trainer.compiled
+    if model is not None:
+        node.state[OPTIMIZER_STATE] = ArrayRecord(
+            [np.asarray(v.numpy()) for v in model.optimizer.variables])
+
+
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     """Train as fedfleet's ClientApp does, on this virtual device's data."""
     node = device_context(context)
     fresh_start(msg, context, node)
-    return without_process_timing(device_app.train(msg, node))
+    restore_optimizer(msg, node)
+    reply = device_app.train(msg, node)
+    if not reply.has_error():
+        save_optimizer(node)
+    return without_process_timing(reply)
 
 
 @app.evaluate()
