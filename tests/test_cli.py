@@ -15,7 +15,8 @@ from fedfleet.shared.cli import cli
 
 ROOT = Path(__file__).parents[1]
 COMMANDS = ["certs", "data", "doctor", "export", "fleet", "join", "models", "node-key",
-            "nodes", "predict", "report", "run", "runs", "secrets", "server", "status"]
+            "nodes", "predict", "report", "run", "runs", "secrets", "server", "simulate",
+            "status"]
 
 
 def test_all_commands_are_plugged_in() -> None:
@@ -102,6 +103,18 @@ def test_readme_documents_every_command(name: str) -> None:
          "'rmsprop' is not one of 'adam', 'sgd'"),
         (["run", "--insecure", "--optimizer", "sgd", "--momentum", "1"],
          "Invalid value for '--momentum'"),
+        (["simulate", "--devices", "0"], "Invalid value for '--devices'"),
+        (["simulate", "--fraction-train", "1.5"], "Invalid value for '--fraction-train'"),
+        (["simulate", "--fraction-train", "0"], "Invalid value for '--fraction-train'"),
+        (["simulate", "--unavailable", "1"], "Invalid value for '--unavailable'"),
+        (["simulate", "--cpus-per-device", "0.5"], "Invalid value for '--cpus-per-device'"),
+        (["simulate", "--devices", "3", "--min-clients", "5"],
+         "--min-clients 5 is more than the 3 virtual devices"),
+        (["simulate", "--devices", "100", "--partitioning", "dirichlet",
+          "--dirichlet-alpha", "0.3"], "raise dirichlet-alpha or use fewer partitions"),
+        (["simulate", "--devices", "10", "--unavailable", "0.9", "--min-clients", "2"],
+         "only 1 of 10 virtual devices are online in round 1"),
+        (["simulate", "--data", "/no/such.csv"], "does not exist"),
     ],
 )
 def test_bad_input_is_one_line_and_nonzero(args: list[str], message: str) -> None:
@@ -135,3 +148,47 @@ def test_data_command_reports_json() -> None:
     summary = json.loads(result.output)
     assert summary["samples"] == 1437 and summary["sample_shape"] == [8, 8, 1]
     assert len(summary["classes"]) == 10
+
+
+def test_simulate_refuses_an_empty_device_data_folder(tmp_path: Path) -> None:
+    """--device-data with no entries: one line, before anything starts."""
+    (tmp_path / ".hidden").write_text("not a device")
+    result = CliRunner().invoke(cli, ["simulate", "--device-data", str(tmp_path)])
+    assert result.exit_code == 1 and result.exception is None or \
+        isinstance(result.exception, SystemExit)
+    assert f"--device-data {tmp_path} has no entries" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_simulate_refuses_devices_that_disagree_with_device_data(tmp_path: Path) -> None:
+    """N comes from the folder: --devices may not say otherwise."""
+    for name in ("a.csv", "b.csv"):
+        (tmp_path / name).write_text("label,x\n0,1\n")
+    result = CliRunner().invoke(cli, ["simulate", "--device-data", str(tmp_path),
+                                      "--devices", "3"])
+    assert result.exit_code == 2 and "has 2 entries (one per device)" in result.output
+
+
+def test_simulate_refuses_a_malformed_availability_file(tmp_path: Path) -> None:
+    """A trace that cannot be read is named with what is wrong, in one line."""
+    trace = tmp_path / "trace.csv"
+    trace.write_text("device,1,2\n0,1,yes\n")
+    result = CliRunner().invoke(cli, ["simulate", "--devices", "4", "--availability",
+                                      str(trace)])
+    assert result.exit_code == 1
+    assert result.output.strip() == (f"Error: availability file {trace}: line 2, round 2: "
+                                     "'yes' is not 1 (online) or 0 (offline)")
+
+
+def test_simulate_without_the_extra_names_the_install(monkeypatch: pytest.MonkeyPatch
+                                                      ) -> None:
+    """No Ray (or no client package) here: one line naming the extra to install."""
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "ray" else real(name, *a))
+    result = CliRunner().invoke(cli, ["simulate", "--devices", "4"])
+    assert result.exit_code == 1
+    assert result.output.strip() == ("Error: fedfleet simulate needs the simulation "
+                                     "extra: pip install 'fedfleet-server[simulation]'")

@@ -151,3 +151,26 @@ def test_submit_ships_the_bundle_and_returns_the_run_id(flwr: FakeFlwr,
     assert flwr.calls()[0]["argv"] == ["run", str(bundle), "fedfleet", "--format", "json"]
     assert "num-rounds = 3" in (bundle / "pyproject.toml").read_text()
     assert os.path.exists(bundle / "fedfleet_app" / "client_app.py")
+
+
+def test_a_simulation_run_ships_its_plan_and_federation_config(flwr: FakeFlwr,
+                                                               tmp_path: Path) -> None:
+    """A simulation run: the plan in the run config, the devices in --federation-config."""
+    from fedfleet.server.control import Simulation
+
+    flwr.answers({"success": True, "run-id": 4343})
+    bundle = tmp_path / "bundle"
+    simulation = Simulation(run_config={"simulation": '{"devices": 7}'},
+                            federation_config={"num-supernodes": 7,
+                                               "client-resources-num-cpus": 1,
+                                               "client-resources-num-gpus": 0.5})
+    run_id = Control("h:1", tmp_path / "home").submit(RunSettings(), bundle, simulation)
+    assert run_id == 4343
+    assert flwr.calls()[0]["argv"] == [
+        "run", str(bundle), "fedfleet", "--federation-config",
+        "num-supernodes=7 client-resources-num-cpus=1 client-resources-num-gpus=0.5",
+        "--format", "json"]
+    text = (bundle / "pyproject.toml").read_text()
+    assert 'simulation = "{\\"devices\\": 7}"' in text
+    assert "fedfleet.server.simulation" in (bundle / "fedfleet_app" / "client_app.py"
+                                            ).read_text()

@@ -42,3 +42,33 @@ def test_entry_modules_point_at_installed_apps(tmp_path: Path) -> None:
     from fedfleet.server.server_app import app as server_app
 
     assert server.app is server_app and client.app is client_app
+
+
+def test_a_simulation_bundle_carries_the_plan_and_the_simulation_entries(
+        tmp_path: Path) -> None:
+    """Fedfleet simulate's bundle: valid, the plan in its run config, the sim apps."""
+    import importlib
+    import sys
+
+    from fedfleet.server.simulation import client_app as sim_client
+    from fedfleet.server.simulation import server_app as sim_server
+    from fedfleet.server.simulation.plan import RUN_CONFIG_KEY, SimulationPlan
+
+    plan = SimulationPlan(devices=3, data=('/d/we"ird',), unavailable=0.5)
+    settings = RunSettings(num_rounds=2, fedfleet_version=__version__)
+    write_bundle(tmp_path, settings, {RUN_CONFIG_KEY: plan.to_json()})
+    config = tomllib.loads((tmp_path / "pyproject.toml").read_text())
+    ok, errors, _ = validate_config(config, check_module=True, project_dir=tmp_path)
+    assert ok, errors
+    run_config = config["tool"]["flwr"]["app"]["config"]
+    assert SimulationPlan.from_run_config(run_config) == plan
+    assert RunSettings.from_run_config(run_config) == settings
+    sys.path.insert(0, str(tmp_path))
+    try:
+        server = importlib.import_module("fedfleet_app.server_app")
+        client = importlib.import_module("fedfleet_app.client_app")
+    finally:
+        sys.path.remove(str(tmp_path))
+        for name in [m for m in sys.modules if m.startswith("fedfleet_app")]:
+            del sys.modules[name]
+    assert server.app is sim_server.app and client.app is sim_client.app

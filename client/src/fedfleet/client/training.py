@@ -100,6 +100,21 @@ class LocalTrainer:
             self._data_key = key
         return self._data
 
+    def reset(self) -> None:
+        """Forget the compiled model (optimizer state, traced functions), keep the data.
+
+        The next call builds the model again after ``keras.backend.clear_session()``,
+        as a new process would. (A simulation reuses one process for many virtual
+        devices; a real device keeps its model between rounds.)
+        """
+        self._model_key = None
+        self._model = None
+
+    @property
+    def compiled(self) -> Any:
+        """Return the compiled model of the last call, or None (none yet, or reset)."""
+        return self._model
+
     def model(self, settings: RunSettings, weights: Sequence[np.ndarray]) -> Any:
         """Return the compiled model with ``weights`` set, after checking they fit it."""
         import keras

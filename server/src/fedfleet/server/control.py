@@ -9,18 +9,18 @@ from __future__ import annotations
 
 import json
 import subprocess
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 from fedfleet.server.control_api import ControlApiError, ControlSession, KeyInUse
-from fedfleet.server.fab import write_bundle
+from fedfleet.server.fab import toml_value, write_bundle
 from fedfleet.server.nodekeys import KeyFileError, NodeKey, read_public_key
 from fedfleet.shared import process
 from fedfleet.shared.atomic import write_atomic
 from fedfleet.shared.errors import FedfleetError
-from fedfleet.shared.settings import RunSettings
+from fedfleet.shared.settings import RunSettings, Scalar
 
 CONNECTION = "fedfleet"
 
@@ -39,6 +39,16 @@ def connect(address: str, state_dir: Path, insecure: bool = False,
         root_certificates = DEFAULT_CA
     return Control(address, state_dir / "cli", insecure=insecure,
                    root_certificates=root_certificates)
+
+
+@dataclass(frozen=True)
+class Simulation:
+    """What a simulation run adds to a submission (see :mod:`fedfleet.server.simulation`)."""
+
+    run_config: Mapping[str, Scalar]
+    """The simulation's plan, as run-config entries of the bundle."""
+    federation_config: Mapping[str, Scalar]
+    """Flower's simulation settings for the run (``flwr run --federation-config``)."""
 
 
 Outcome = Literal["registered", "already", "refused"]
@@ -109,10 +119,24 @@ class Control:
                                 f"{lines[-1] if lines else 'no output'}")
         return payload
 
-    def submit(self, settings: RunSettings, bundle_dir: Path) -> int:
-        """Start a run with ``settings``; return its run ID."""
-        write_bundle(bundle_dir, settings)
-        payload = self._flwr("run", str(bundle_dir), CONNECTION)
+    def submit(self, settings: RunSettings, bundle_dir: Path,
+               simulation: Simulation | None = None) -> int:
+        """Start a run with ``settings``; return its run ID.
+
+        With ``simulation`` (a SuperLink started with ``--simulation``) the run is a
+        simulation bundle with the plan's run-config entries, and the federation's
+        simulation settings (``num-supernodes``, ``client-resources-num-cpus``, ...)
+        go with it.
+        """
+        if simulation is None:
+            write_bundle(bundle_dir, settings)
+            payload = self._flwr("run", str(bundle_dir), CONNECTION)
+        else:
+            write_bundle(bundle_dir, settings, simulation.run_config)
+            federation = " ".join(f"{key}={toml_value(value)}"
+                                  for key, value in simulation.federation_config.items())
+            payload = self._flwr("run", str(bundle_dir), CONNECTION,
+                                 "--federation-config", federation)
         return int(payload["run-id"])
 
     def runs(self) -> list[dict[str, Any]]:

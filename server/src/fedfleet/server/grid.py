@@ -96,6 +96,16 @@ class PromptGrid(Grid):
         """Pass through."""
         return self._grid.create_message(*args, **kwargs)
 
+    def round_started(self, run_round: int) -> None:
+        """Tell the wrapped grid which run round starts, if it wants to know.
+
+        (The simulation's availability grid does: which virtual devices are online
+        depends on the round.)
+        """
+        started = getattr(self._grid, "round_started", None)
+        if callable(started):
+            started(run_round)
+
     def get_node_ids(self) -> Iterable[int]:
         """Pass through."""
         return self._grid.get_node_ids()

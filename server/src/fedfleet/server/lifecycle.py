@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fedfleet.server.authorized_keys import register_authorized_keys
-from fedfleet.server.control import Control
+from fedfleet.server.control import Control, Simulation
 from fedfleet.server.follower import RunFollower
 from fedfleet.server.live import LiveView
 from fedfleet.server.resume import continuation, find_interrupted
@@ -125,12 +125,13 @@ def _progress_writer(state_dir: Path, every: float = 0.5) -> Callable[[int, int]
 def submit_and_follow(control: Control, settings: RunSettings, state_dir: Path,
                       output_dir: Path, echo: Echo,
                       alive: Callable[[], bool] = lambda: True,
-                      live: bool = False) -> None:
+                      live: bool = False, simulation: Simulation | None = None) -> int:
     """Submit a run and follow it: a line per round (or, ``live``, a redrawn view).
 
-    Ends with the summary line.
+    Ends with the summary line; returns the run's ID. ``simulation``: submit it as a
+    simulation run.
     """
-    run_id = control.submit(settings, state_dir / "bundle")
+    run_id = control.submit(settings, state_dir / "bundle", simulation)
     local = (f" with local SGD (momentum {settings.momentum:g})"
              if settings.optimizer == "sgd" else "")
     echo(f"Run {run_id} started: {settings.num_rounds} rounds of "
@@ -140,3 +141,4 @@ def submit_and_follow(control: Control, settings: RunSettings, state_dir: Path,
         follower.show = LiveView(sys.stdout, run_id).show
     record = follower.follow(alive)
     echo(summary(record, output_dir / f"run-{run_id}"))
+    return run_id

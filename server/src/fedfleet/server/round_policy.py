@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from flwr.serverapp import Grid
 
 from fedfleet.shared.errors import FedfleetError
-from fedfleet.shared.runrecord import RoundRow
+from fedfleet.shared.runrecord import ErrorRow, RoundRow
 from fedfleet.shared.settings import RunSettings
 
 log = logging.getLogger("fedfleet")
@@ -100,7 +100,7 @@ class RoundPolicy:
             "the global model was not changed")
 
 
-def _reasons(errors: list[dict[str, str]], named: int = 3) -> str:
+def _reasons(errors: list[ErrorRow], named: int = 3) -> str:
     """Return the errors as one line, grouped by reason (a fleet can have hundreds).
 
     ``node 7: rejected: NaN`` for a reason one device gave; ``98 devices (node 1, node
@@ -109,7 +109,7 @@ def _reasons(errors: list[dict[str, str]], named: int = 3) -> str:
     """
     groups: dict[str, list[str]] = {}
     for e in errors:
-        groups.setdefault(str(e.get("error")), []).append(str(e.get("node_id")))
+        groups.setdefault(str(e["error"]), []).append(str(e["node_id"]))
     parts = []
     for reason, nodes in groups.items():
         if len(nodes) == 1:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import logging
 import subprocess
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from fedfleet.server.control import Control, connect
@@ -25,6 +26,12 @@ class ServerOptions:
     ssl_files: tuple[Path, Path, Path] | None = None  # ca.crt, server.pem, server.key
     node_auth: bool = False
     startup_timeout: float = 60.0
+    simulation: bool = False
+    """Run each submitted run on Flower's simulation engine (``flwr-simulation``,
+    Ray) with virtual devices instead of serving real ones: no Fleet API."""
+    env: Mapping[str, str] = field(default_factory=dict)
+    """Extra environment for the SuperLink and what it starts (``flwr-simulation``
+    and, through it, a local Ray's workers inherit it)."""
 
     @property
     def local_address(self) -> str:
@@ -52,6 +59,8 @@ def superlink_command(opts: ServerOptions) -> list[str]:
                 "--ssl-keyfile", str(key)]
     if opts.node_auth:
         cmd.append("--enable-supernode-auth")
+    if opts.simulation:
+        cmd.append("--simulation")
     return cmd
 
 
@@ -60,7 +69,8 @@ def start_superlink(opts: ServerOptions) -> subprocess.Popen[bytes]:
     opts.state_dir.mkdir(parents=True, exist_ok=True)
     log_file = opts.state_dir / "superlink.log"
     child = process.start(superlink_command(opts),
-                          process.flower_env(opts.state_dir / "superlink-home"), log_file)
+                          process.flower_env(opts.state_dir / "superlink-home", opts.env),
+                          log_file)
     try:
         process.wait_healthy(opts.local_address, not opts.insecure,
                              opts.ssl_files[0] if opts.ssl_files else None,

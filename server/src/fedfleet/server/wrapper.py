@@ -80,6 +80,9 @@ class FedfleetStrategy(Strategy):
         run_round = self.offset + server_round
         self.recorder.begin_round(run_round)
         self.progress.round(run_round)
+        started = getattr(grid, "round_started", None)  # PromptGrid: the simulation's
+        if callable(started):                           # availability hears the round
+            started(run_round)
         self._base = list(arrays.to_numpy_ndarrays())
         self.policy.wait_for_clients(grid)
         return self._outgoing(self.inner.configure_train(run_round, arrays, config, grid),

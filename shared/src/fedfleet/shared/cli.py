@@ -62,6 +62,8 @@ MISSING_HINTS = {
     "join": "install the client package (pip install fedfleet-client)",
     "report": "install the server package (pip install fedfleet-server)",
     "export": "install the server package (pip install fedfleet-server)",
+    "simulate": "install the server package with its simulation extra "
+                "(pip install 'fedfleet-server[simulation]')",
 }
 
 
