@@ -42,19 +42,19 @@ def _power_off(pid: int) -> None:
 
 
 def _crash(fleet: Fleet, port: int) -> None:
-    """SIGKILL the SuperLink, then the server (and everything they started).
+    """SIGKILL the SuperLink and everything under it, then the server, like a power cut.
 
-    The SuperLink first: killed second, it would get the tether's SIGTERM when the
-    server dies and shut down gracefully, ending the run under the ServerApp (which
-    then records a failure), which is a stop, not the crash this test is about.
+    The SuperLink's tree first (its SuperExec runs in a session of its own, and the
+    ServerApp under that): an orphaned ServerApp lives until it notices its parent is
+    gone and may finish the round it was aggregating meanwhile, which a power cut
+    would not allow. Killed after the server, the SuperLink would get the tether's
+    SIGTERM and shut down gracefully, ending the run under the ServerApp (which then
+    records a failure), which is a stop, not the crash this test is about.
     """
     found = subprocess.run(["pgrep", "-f", f"flower-superlink .*--port {port}"],
                            capture_output=True, text=True, check=False).stdout.split()
     for pid in found:
-        try:
-            os.killpg(int(pid), signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        _power_off(int(pid))
     os.killpg(fleet.procs[0].pid, signal.SIGKILL)
 
 
