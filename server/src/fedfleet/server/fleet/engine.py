@@ -47,8 +47,8 @@ class DeviceEngine(Device):
             With the reason; a container that failed its gate was replaced by the old one.
         """
         started = time.monotonic()
-        facts = check(self)
-        image_id = ensure_image(self, facts)
+        facts = check(self)  # 1. the daemon
+        image_id = ensure_image(self, facts)  # 2. the image
         digest = self.inventory_hash(image_id)
         current = self.current()
         status = self._up_to_date(current, digest) if current is not None else None
@@ -57,9 +57,10 @@ class DeviceEngine(Device):
                            f"up to date: {self.spec.image} ({short_id(image_id)}), node "
                            f"{current.labels.get(desired.NODE_LABEL)} {status}; nothing "
                            "changed", time.monotonic() - started)
-        found = setup(self, image_id)
+        found = setup(self, image_id)  # 3.-4. the key, registered
         old = current.image.id if current is not None else None
-        switch(self, current, self.container_config(image_id, found, digest), found.node_id)
+        config = self.container_config(image_id, found, digest)  # 5. the container
+        switch(self, current, config, found.node_id)
         verb = "deployed" if old is None else "updated" if old != image_id else "reconfigured"
         change = f" (was {short_id(old)})" if old is not None and old != image_id else ""
         return Outcome(self.spec.name, True, True,

@@ -17,6 +17,7 @@ from fedfleet.server.fleet.common import Device, Fleet, short_id
 from fedfleet.server.fleet.container import HASH_LABEL, IMAGE_LABEL, NODE_LABEL, VERSION_LABEL
 from fedfleet.server.fleet.progress import each
 from fedfleet.server.fleet.records import last_rounds, newest_records, participation
+from fedfleet.server.fleet.registry import state_in
 from fedfleet.server.fleet.specs import Inventory
 from fedfleet.shared.errors import FedfleetError
 
@@ -91,7 +92,7 @@ def device_status(device: Device, nodes: dict[int, dict[str, Any]],
     node = labels.get(NODE_LABEL, "")
     if node.isdigit():
         row["node_id"] = node
-        row["online"] = nodes.get(int(node), {}).get("status", "not registered")
+        row["online"] = state_in(nodes, int(node)).status or "not registered"
         last = rounds.get(node)
         row["last_round"] = f"{last[1]} (run {last[0]})" if last else None
         share = (taken or {}).get(node)
