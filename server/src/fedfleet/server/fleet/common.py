@@ -48,7 +48,7 @@ def _silent(text: str) -> None:
     """Say nothing."""
 
 
-@dataclass
+@dataclass(eq=False)
 class Device:
     """One device at work: its daemon's ``client``, its entry, the deploy, a ``say``."""
 
