@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from fedfleet.server.fleet.inventory import Endpoint, SshOptions, load_inventory, parse_size
+from fedfleet.server.fleet.inventory import load_inventory, parse_size
+from fedfleet.server.fleet.specs import Endpoint, SshOptions
 from fedfleet.shared.errors import ConfigError
 
 ROOT = Path(__file__).parents[2]

@@ -11,11 +11,13 @@ import pytest
 
 from fedfleet.server.certs import create_certificates
 from fedfleet.server.fleet.channels import ChannelError, connect, ssh_command
-from fedfleet.server.fleet.engine import DeviceEngine, Fleet, Outcome, Setup
+from fedfleet.server.fleet.common import Fleet, Outcome
+from fedfleet.server.fleet.engine import DeviceEngine
 from fedfleet.server.fleet.images import LocalImages, goarch, is_registry_ref, split_ref
-from fedfleet.server.fleet.inventory import DeviceSpec, Endpoint, ServerSpec, SshOptions, TlsFiles
+from fedfleet.server.fleet.keys import Setup
 from fedfleet.server.fleet.progress import Board, run_all
-from fedfleet.server.fleet.registry import last_rounds
+from fedfleet.server.fleet.records import last_rounds
+from fedfleet.server.fleet.specs import DeviceSpec, Endpoint, ServerSpec, SshOptions, TlsFiles
 from fedfleet.shared.errors import FedfleetError
 
 

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 from records import NODES, sample_record
 
-from fedfleet.server.fleet.cli import _table
-from fedfleet.server.fleet.registry import newest_records, participation
+from fedfleet.server.fleet.records import newest_records, participation
+from fedfleet.server.fleet.status import render as _table
 from fedfleet.server.intake import IntakeResult, Rejection, ReplyReport
 from fedfleet.server.live import frame
 from fedfleet.server.progress import RoundProgress

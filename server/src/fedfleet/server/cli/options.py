@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -201,12 +201,15 @@ def format_option(func: Callable[..., Any]) -> Callable[..., Any]:
                         help="Output format.")(func)
 
 
-def echo_rows(rows: list[dict[str, Any]], format: str, header: str,
-              line: Callable[[dict[str, Any]], str]) -> None:
-    """Print ``rows`` as JSON, or as a table: ``header`` then one ``line`` per row."""
+def rows_text(rows: Sequence[Mapping[str, Any]], format: str, header: str,
+              line: Callable[[Mapping[str, Any]], str]) -> str:
+    """Return ``rows`` as JSON, or as a table: ``header`` then one ``line`` per row."""
     if format == "json":
-        click.echo(json.dumps(rows, indent=1))
-        return
-    click.echo(header)
-    for row in rows:
-        click.echo(line(row))
+        return json.dumps(rows, indent=1)
+    return "\n".join([header, *(line(row) for row in rows)])
+
+
+def echo_rows(rows: Sequence[Mapping[str, Any]], format: str, header: str,
+              line: Callable[[Mapping[str, Any]], str]) -> None:
+    """Print ``rows`` as :func:`rows_text` gives them: the CLI's one table printer."""
+    click.echo(rows_text(rows, format, header, line))

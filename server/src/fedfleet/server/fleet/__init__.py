@@ -1,6 +1,8 @@
 """Deploy, watch and update the clients on edge devices through their Docker Engine API.
 
-``inventory`` reads fleet.toml; ``channels`` turn an endpoint into a
-``docker.DockerClient``; ``engine`` brings one device to its desired state through any
-client; ``registry`` reaches the server's Control API; ``cli`` is ``fedfleet fleet``.
+``inventory`` reads fleet.toml into ``specs``; ``channels`` turn an endpoint into a
+``docker.DockerClient``; ``engine`` brings one device to its entry through any client,
+one step per module (``checks``, ``transfer``, ``keys``, ``container``, ``switch``);
+``rollout``, ``status`` and ``removal`` are the other commands' work; ``cli`` is
+``fedfleet fleet`` (see docs/architecture.md, Fleet).
 """

@@ -34,7 +34,7 @@ import urllib3.connection
 import urllib3.connectionpool
 from docker.transport.basehttpadapter import BaseHTTPAdapter
 
-from fedfleet.server.fleet.inventory import Endpoint, SshOptions
+from fedfleet.server.fleet.specs import Endpoint, SshOptions
 from fedfleet.shared.errors import FedfleetError
 
 if TYPE_CHECKING:

@@ -2,35 +2,29 @@
 
 from __future__ import annotations
 
-import json
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import click
 
 from fedfleet.server.fleet.channels import close_quietly, connect
-from fedfleet.server.fleet.engine import DeviceEngine, Fleet, Outcome
-from fedfleet.server.fleet.images import LocalImages
-from fedfleet.server.fleet.inventory import Endpoint, Inventory, load_inventory
+from fedfleet.server.fleet.common import Outcome
+from fedfleet.server.fleet.inventory import load_inventory
 from fedfleet.server.fleet.progress import Board, run_all
-from fedfleet.server.fleet.registry import (
-    ContainerRegistry,
-    DirectRegistry,
-    NodeRegistry,
-    last_rounds,
-    newest_records,
-    participation,
-)
+from fedfleet.server.fleet.removal import remove
+from fedfleet.server.fleet.rollout import rollout, summary
+from fedfleet.server.fleet.session import client_container, on_device, open_fleet
+from fedfleet.server.fleet.specs import DeviceSpec
+from fedfleet.server.fleet.status import gather, render
 from fedfleet.shared.errors import FedfleetError
 
-LOCAL = Endpoint("local")
+F = TypeVar("F", bound=Callable[..., Any])
 
 
-def _common(func: Callable[..., Any]) -> Callable[..., Any]:
+def _common(func: F) -> F:
     """Add --inventory and --state-dir (also read from FEDFLEET_FLEET_INVENTORY)."""
     name = func.__name__.removeprefix("fleet_").upper()
     for option in reversed([
@@ -46,47 +40,11 @@ def _common(func: Callable[..., Any]) -> Callable[..., Any]:
     return func
 
 
-def _registry(inventory: Inventory, state_dir: Path) -> NodeRegistry:
-    server = inventory.server
-    if server.control_container is not None:
-        return ContainerRegistry(connect(server.control_docker or LOCAL),
-                                 server.control_container)
-    assert server.control is not None
-    return DirectRegistry(server.control, server.ca, state_dir)
-
-
-@contextmanager
-def _fleet(inventory: Inventory, state_dir: Path, **options: Any) -> Iterator[Fleet]:
-    local = LocalImages(lambda timeout: connect(LOCAL, timeout))
-    try:
-        yield Fleet(server=inventory.server, ca_pem=inventory.server.ca.read_bytes(),
-                    registry=_registry(inventory, state_dir), local=local, **options)
-    finally:
-        local.close()
-
-
-def _on_device(inventory: Inventory, fleet: Fleet,
-               work: Callable[[DeviceEngine], Outcome]) -> Callable[..., Outcome]:
-    """Return a job that connects to a device, runs ``work`` and closes the connection."""
-    def job(name: str, say: Callable[[str], None]) -> Outcome:
-        spec = inventory.devices[name]
-        say(f"connecting to {spec.endpoint.url}")
-        client = connect(spec.endpoint)
-        try:
-            return work(DeviceEngine(client, spec, fleet, say))
-        finally:
-            close_quietly(client)
-    return job
-
-
 def _finish(outcomes: Sequence[Outcome], verb: str) -> None:
-    failed = [o for o in outcomes if not o.ok]
-    changed = sum(o.changed for o in outcomes)
-    click.echo(f"{len(outcomes) - len(failed)} of {len(outcomes)} devices {verb} "
-               f"({changed} changed)")
-    if failed:
-        raise click.ClickException(f"{len(failed)} of {len(outcomes)} devices failed: "
-                                   f"{', '.join(o.device for o in failed)} (reasons above)")
+    line, failure = summary(outcomes, verb)
+    click.echo(line)
+    if failure is not None:
+        raise click.ClickException(failure)
 
 
 @click.group("fleet")
@@ -137,9 +95,9 @@ def fleet_deploy(names: tuple[str, ...], inventory: Path, state_dir: Path,
     """
     inv = load_inventory(inventory)
     devices = [d.name for d in inv.select(names)]
-    with _fleet(inv, state_dir, build_on_device=build_on_device,
-                ready_timeout=ready_timeout) as ctx:
-        outcomes = run_all(devices, _on_device(inv, ctx, lambda e: e.apply()), parallel,
+    with open_fleet(inv, state_dir, build_on_device=build_on_device,
+                    ready_timeout=ready_timeout) as ctx:
+        outcomes = run_all(devices, on_device(inv, ctx, lambda e: e.apply()), parallel,
                            Board(devices))
     _finish(outcomes, "deployed")
 
@@ -176,89 +134,11 @@ def fleet_update(names: tuple[str, ...], inventory: Path, state_dir: Path, batch
     """
     inv = load_inventory(inventory)
     devices = [d.name for d in inv.select(names)]
-    board = Board(devices)
-    outcomes: list[Outcome] = []
-    with _fleet(inv, state_dir, build_on_device=build_on_device,
-                ready_timeout=ready_timeout, idle_timeout=idle_timeout) as ctx:
-        job = _on_device(inv, ctx, lambda e: e.apply())
-        for start in range(0, len(devices), batch):
-            group = devices[start:start + batch]
-            outcomes += run_all(group, job, batch, board)
-            if not all(o.ok for o in outcomes):
-                for name in devices[start + batch:]:
-                    board.say(name, "not updated: the rollout stopped")
-                    outcomes.append(Outcome(name, False, False, "not updated: the rollout "
-                                            "stopped at a failed device"))
-                break
+    with open_fleet(inv, state_dir, build_on_device=build_on_device,
+                    ready_timeout=ready_timeout, idle_timeout=idle_timeout) as ctx:
+        outcomes = rollout(devices, on_device(inv, ctx, lambda e: e.apply()), batch,
+                           Board(devices))
     _finish(outcomes, "up to date")
-
-
-COLUMNS = [("DEVICE", "device"), ("CONTAINER", "container"), ("HEALTH", "health"),
-           ("IMAGE", "image_id"), ("VERSION", "version"), ("NODE", "node_id"),
-           ("ONLINE", "online"), ("LAST ROUND", "last_round"), ("ROUNDS", "rounds"),
-           ("ACTIVITY", "activity"),
-           ("UPTIME", "uptime"), ("RESTARTS", "restarts")]
-
-
-def _uptime(seconds: object) -> str:
-    if not isinstance(seconds, int):
-        return "-"
-    hours, rest = divmod(seconds, 3600)
-    return f"{hours}h{rest // 60:02d}m" if hours else f"{rest // 60}m{rest % 60:02d}s"
-
-
-def _table(rows: list[dict[str, Any]]) -> str:
-    cells = []
-    for row in rows:
-        shown = dict(row, uptime=_uptime(row.get("uptime_s")))
-        if not row.get("reachable"):
-            shown["container"] = "unreachable"
-        cells.append([str(shown.get(key) if shown.get(key) is not None else "-")
-                      for _, key in COLUMNS])
-    widths = [max([len(title)] + [len(c[i]) for c in cells])
-              for i, (title, _) in enumerate(COLUMNS)]
-    lines = ["  ".join(t.ljust(w) for (t, _), w in zip(COLUMNS, widths, strict=True))]
-    lines += ["  ".join(c.ljust(w) for c, w in zip(cell, widths, strict=True)).rstrip()
-              for cell in cells]
-    errors = [f"{r['device']}: {r['error']}" for r in rows if r.get("error")]
-    return "\n".join(lines + errors)
-
-
-def _status_rows(inv: Inventory, ctx: Fleet, names: Sequence[str], parallel: int
-                 ) -> list[dict[str, Any]]:
-    from concurrent.futures import ThreadPoolExecutor
-
-    try:
-        nodes = ctx.registry.nodes(fresh=True)
-        server_error = None
-    except FedfleetError as err:
-        nodes, server_error = {}, str(err)
-    records = newest_records(inv.server.outputs)
-    rounds = last_rounds(None, records=records)
-    taken = participation(records)
-
-    def one(name: str) -> dict[str, Any]:
-        spec = inv.devices[name]
-        try:
-            client = connect(spec.endpoint, timeout=30)
-        except FedfleetError as err:
-            return {"device": name, "endpoint": spec.endpoint.url, "reachable": False,
-                    "error": str(err)}
-        try:
-            return DeviceEngine(client, spec, ctx).status(nodes, rounds, taken)
-        except Exception as err:  # noqa: BLE001 - one device must not hide the others
-            return {"device": name, "endpoint": spec.endpoint.url, "reachable": True,
-                    "error": f"{type(err).__name__}: {err}"}
-        finally:
-            close_quietly(client)
-
-    with ThreadPoolExecutor(max_workers=parallel) as pool:
-        rows = list(pool.map(one, names))
-    if server_error:
-        for row in rows:
-            row.setdefault("online", "unknown")
-        rows.append({"device": "(server)", "reachable": False, "error": server_error})
-    return rows
 
 
 @fleet.command("status")
@@ -289,10 +169,9 @@ def fleet_status(names: tuple[str, ...], inventory: Path, state_dir: Path, forma
     inv = load_inventory(inventory)
     devices = [d.name for d in inv.select(names)]
     live = sys.stdout.isatty()
-    with _fleet(inv, state_dir) as ctx:
+    with open_fleet(inv, state_dir) as ctx:
         while True:
-            rows = _status_rows(inv, ctx, devices, parallel)
-            text = json.dumps(rows, indent=1) if format == "json" else _table(rows)
+            text = render(gather(inv, ctx, devices, parallel), format)
             if watch and live:
                 click.echo("\x1b[H\x1b[2J", nl=False)
             if watch:
@@ -306,21 +185,8 @@ def fleet_status(names: tuple[str, ...], inventory: Path, state_dir: Path, forma
                 break
 
 
-def _one_device(inventory: Path, name: str) -> tuple[Inventory, Any]:
-    inv = load_inventory(inventory)
-    spec = inv.select([name])[0]
-    return inv, spec
-
-
-def _container(client: Any, spec: Any) -> Any:
-    import docker.errors
-
-    try:
-        return client.containers.get(spec.container)
-    except docker.errors.NotFound:
-        raise FedfleetError(f"device {spec.name} has no client container "
-                            f"({spec.container}); run 'fedfleet fleet deploy {spec.name}'"
-                            ) from None
+def _one_device(inventory: Path, name: str) -> DeviceSpec:
+    return load_inventory(inventory).select([name])[0]
 
 
 @fleet.command("logs")
@@ -337,10 +203,10 @@ def fleet_logs(name: str, inventory: Path, state_dir: Path, follow: bool, tail: 
         fedfleet fleet logs edge-1 --tail 20
         fedfleet fleet logs edge-1 --follow
     """
-    _, spec = _one_device(inventory, name)
+    spec = _one_device(inventory, name)
     client = connect(spec.endpoint)
     try:
-        container = _container(client, spec)
+        container = client_container(client, spec)
         out = sys.stdout.buffer
         if not follow:
             out.write(container.logs(tail=tail))
@@ -370,10 +236,10 @@ def fleet_exec(name: str, args: tuple[str, ...], inventory: Path, state_dir: Pat
         fedfleet fleet exec edge-1 -- doctor
         fedfleet fleet exec edge-1 -- data /data
     """
-    _, spec = _one_device(inventory, name)
+    spec = _one_device(inventory, name)
     client = connect(spec.endpoint)
     try:
-        container = _container(client, spec)
+        container = client_container(client, spec)
         if container.status != "running":
             raise FedfleetError(f"the client container on {name} is {container.status}; "
                                 f"see 'fedfleet fleet logs {name}'")
@@ -407,7 +273,6 @@ def fleet_remove(names: tuple[str, ...], inventory: Path, state_dir: Path, yes: 
     if not yes:
         click.confirm(f"Remove {', '.join(devices)} (container, node key, registration)?",
                       abort=True)
-    with _fleet(inv, state_dir) as ctx:
-        outcomes = run_all(devices, _on_device(inv, ctx, lambda e: e.remove()), 4,
-                           Board(devices))
+    with open_fleet(inv, state_dir) as ctx:
+        outcomes = run_all(devices, on_device(inv, ctx, remove), 4, Board(devices))
     _finish(outcomes, "removed")

@@ -116,7 +116,8 @@ class LocalImages:
             self._client.close()
 
 
-def _mb(value: float) -> str:
+def mb(value: float) -> str:
+    """Return ``value`` bytes as ``1,234 MB``."""
     return f"{value / 1e6:,.0f} MB"
 
 
@@ -162,7 +163,7 @@ def transfer(local: LocalImages, image: LocalImage, remote: docker.DockerClient,
         raise ImageError(load_failure(image.ref, str(err.explanation or err))) from None
     except requests.exceptions.RequestException as err:
         raise ImageError(f"the device stopped receiving {image.ref} after "
-                         f"{_mb(meter.sent)} ({type(err).__name__}); a full disk is the usual "
+                         f"{mb(meter.sent)} ({type(err).__name__}); a full disk is the usual "
                          "cause: check 'docker system df' there") from None
     finally:
         remote.api.timeout = saved

@@ -1,4 +1,4 @@
-"""Run a job on many devices at once and show one live line per device.
+"""Run a job on many devices at once, and show one live line per device.
 
 On a terminal the lines are redrawn in place; otherwise (logs, CI) every change is
 printed as its own ``NAME: text`` line. A device that fails is reported with its
@@ -13,9 +13,9 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import IO
+from typing import IO, TypeVar
 
-from fedfleet.server.fleet.engine import Outcome
+from fedfleet.server.fleet.common import Outcome
 from fedfleet.shared.errors import FedfleetError
 
 log = logging.getLogger("fedfleet")
@@ -54,6 +54,13 @@ class Board:
 
 
 Job = Callable[[str, Callable[[str], None]], Outcome]
+T = TypeVar("T")
+
+
+def each(names: Sequence[str], work: Callable[[str], T], parallel: int) -> list[T]:
+    """Return ``work(name)`` for every name, in order, ``parallel`` at a time."""
+    with ThreadPoolExecutor(max_workers=max(1, parallel)) as pool:
+        return list(pool.map(work, names))
 
 
 def run_all(names: Sequence[str], job: Job, parallel: int, board: Board) -> list[Outcome]:
@@ -76,5 +83,4 @@ def run_all(names: Sequence[str], job: Job, parallel: int, board: Board) -> list
                         f"[{outcome.seconds:.0f}s]")
         return outcome
 
-    with ThreadPoolExecutor(max_workers=max(1, parallel)) as pool:
-        return list(pool.map(one, names))
+    return each(names, one, parallel)

@@ -1,4 +1,4 @@
-"""The server side of a deploy: register, list and revoke node keys, and read run records.
+"""The server side of a deploy: register, list and revoke node keys; each node's state.
 
 Two ways to reach the SuperLink's Control API, as the inventory's [server] says:
 
@@ -19,6 +19,7 @@ import tarfile
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -29,8 +30,6 @@ from fedfleet.server.control import Control
 from fedfleet.server.control_api import ControlApiError, ControlSession
 from fedfleet.server.nodekeys import parse_public_key
 from fedfleet.shared.errors import FedfleetError
-from fedfleet.shared.recordview import RecordView, number
-from fedfleet.shared.runrecord import RunRecord, read_record
 
 NODES_TTL = 2.0
 """Seconds a node list is reused: parallel devices share one Control API call."""
@@ -51,6 +50,35 @@ class NodeRegistry(Protocol):
 
     def revoke(self, node_id: int) -> None:
         """Unregister a node."""
+
+
+@dataclass(frozen=True)
+class NodeState:
+    """One node as the server sees it; ``status`` None: the server does not know it."""
+
+    node_id: int
+    status: str | None
+    online_at: str | None = None
+
+    @property
+    def revoked(self) -> bool:
+        """Tell whether the node was unregistered on the server."""
+        return self.status == "unregistered"
+
+
+def node_state(registry: NodeRegistry, node_id: int, fresh: bool = False) -> NodeState:
+    """Return ``node_id``'s state in ``registry`` (a list shared for a moment unless ``fresh``)."""
+    return state_in(registry.nodes(fresh=fresh), node_id)
+
+
+def state_in(nodes: dict[int, dict[str, Any]], node_id: int) -> NodeState:
+    """Return ``node_id``'s state in a node list from :meth:`NodeRegistry.nodes`."""
+    row = nodes.get(node_id)
+    if row is None:
+        return NodeState(node_id, None)
+    status, online = row.get("status"), row.get("online-at")
+    return NodeState(node_id, None if status is None else str(status),
+                     None if online is None else str(online))
 
 
 class _Cached:
@@ -186,53 +214,3 @@ class ContainerRegistry(_Cached):
         with self._lock:
             self._exec("revoke", str(node_id))
             self._forget()
-
-
-def newest_records(outputs: Path | None, runs: int = 5) -> list[RunRecord]:
-    """Return the records of the ``runs`` newest runs in ``outputs``, oldest first."""
-    if outputs is None or not outputs.is_dir():
-        return []
-    paths = sorted(outputs.glob("run-*/metrics.json"), key=lambda p: p.stat().st_mtime)
-    records = (read_record(path.parent) for path in paths[-runs:])
-    return [record for record in records if record is not None]
-
-
-def last_rounds(outputs: Path | None, runs: int = 5,
-                records: list[RunRecord] | None = None) -> dict[str, tuple[int, int]]:
-    """Return, per node ID, the newest (run ID, round) it sent a training reply for.
-
-    Reads the ``metrics.json`` of the ``runs`` newest runs in the server's output dir
-    (or looks at ``records``, already read by :func:`newest_records`).
-    """
-    found: dict[str, tuple[float, int, int]] = {}  # node -> (run start, round, run ID)
-    for record in newest_records(outputs, runs) if records is None else records:
-        run_id = int(record["run"].get("run_id", 0))
-        started = float(record["run"].get("started_at", 0.0))
-        for row in record["rounds"]:
-            for client in row.get("clients", []):
-                if client.get("weight") is None:  # no accepted training reply
-                    continue
-                node = str(client["node_id"])
-                entry = (started, int(row.get("round", 0)), run_id)
-                if node not in found or entry[:2] > found[node][:2]:
-                    found[node] = entry
-    return {node: (run_id, rnd) for node, (_, rnd, run_id) in found.items()}
-
-
-def participation(records: list[RunRecord]) -> dict[str, tuple[int, int, int]]:
-    """Return per node ID (run ID, rounds contributed to, rounds asked in).
-
-    From the newest of ``records`` (oldest first, as :func:`newest_records` returns
-    them) that asked the node to train; older records without ``participation`` are
-    counted from their rounds.
-    """
-    found: dict[str, tuple[float, int, int, int]] = {}
-    for record in records:
-        view = RecordView(record)
-        started = number(view.info.get("started_at")) or 0.0
-        run_id = int(number(view.info.get("run_id")) or 0)
-        for node, entry in view.participation().items():
-            if node not in found or started >= found[node][0]:
-                found[node] = (started, run_id, entry["contributed"], entry["asked"])
-    return {node: (run_id, given, asked)
-            for node, (_, run_id, given, asked) in found.items()}
