@@ -15,18 +15,12 @@ from typing import Any
 import click
 
 from fedfleet.shared.errors import FedfleetError
+from fedfleet.shared.tables import columns
 
 HOME_OPTION = click.option(
     "--home", type=click.Path(file_okay=False, path_type=Path), default=None,
     help="The device's fedfleet home (the --home of 'fedfleet join') "
          "[default: ~/.fedfleet/client]")
-
-
-def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    widths = [max(len(str(c)) for c in col) for col in zip(header, *rows, strict=True)]
-    lines = [header, *rows]
-    return "\n".join("  ".join(str(c).ljust(w) for c, w in zip(line, widths, strict=True))
-                     .rstrip() for line in lines)
 
 
 def _pct(value: object) -> str:
@@ -72,7 +66,7 @@ def _run_models(run_dir: Path, verify: bool, format: str) -> int:
                  str(len(e.get("nodes") or [])), c] for e, c in zip(entries, checks,
                                                                      strict=True)]
         header = ["round", "file", "sha256", "test acc", "devices"]
-        click.echo(_table(header + (["verified"] if verify else []),
+        click.echo(columns(header + (["verified"] if verify else []),
                           [r if verify else r[:-1] for r in rows]))
     return sum(c not in ("", "ok", "removed") for c in checks)
 
@@ -102,7 +96,7 @@ def _device_models(home: Path, verify: bool, format: str) -> int:
                          str(files.get("tflite", "")), str(digests.get("tflite", ""))[:16],
                          status])
         header = ["run", "round", "stored", "test acc", "tflite", "sha256"]
-        click.echo(_table(header + (["verified"] if verify else []),
+        click.echo(columns(header + (["verified"] if verify else []),
                           [r if verify else r[:-1] for r in rows]))
     return sum(v != "ok" for c in checks for v in c.values())
 
@@ -191,6 +185,6 @@ def predict(args: tuple[str, ...], home: Path | None, label_column: str,
         click.echo(json.dumps([r.as_dict() for r in results], indent=1))
         return
     click.echo(f"model: {model}", err=True)
-    click.echo(_table(["input", "class", "probability"],
+    click.echo(columns(["input", "class", "probability"],
                       [[r.input, f"{r.label} ({r.name})" if r.name else str(r.label),
                         f"{r.probability:.2%}"] for r in results]))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ from fedfleet.shared.constants import SUPERLINK_PORT
 from fedfleet.shared.data.partition import PARTITIONINGS
 from fedfleet.shared.options import ADDRESS
 from fedfleet.shared.settings import CLIENT_EVAL, OPTIMIZERS, ROUND_DEADLINES, RunSettings
+from fedfleet.shared.tables import rows_text
 
 FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
 DIR = click.Path(file_okay=False, path_type=Path)
@@ -199,14 +199,6 @@ def format_option(func: Callable[..., Any]) -> Callable[..., Any]:
     return click.option("--format", "format", type=click.Choice(FORMATS),
                         default="table", show_default=True,
                         help="Output format.")(func)
-
-
-def rows_text(rows: Sequence[Mapping[str, Any]], format: str, header: str,
-              line: Callable[[Mapping[str, Any]], str]) -> str:
-    """Return ``rows`` as JSON, or as a table: ``header`` then one ``line`` per row."""
-    if format == "json":
-        return json.dumps(rows, indent=1)
-    return "\n".join([header, *(line(row) for row in rows)])
 
 
 def echo_rows(rows: Sequence[Mapping[str, Any]], format: str, header: str,

@@ -10,7 +10,6 @@ from typing import Any, TypedDict
 
 import docker.errors
 
-from fedfleet.server.cli.options import rows_text
 from fedfleet.server.fleet.activity import describe, read_activity
 from fedfleet.server.fleet.channels import close_quietly, connect
 from fedfleet.server.fleet.common import Device, Fleet, short_id
@@ -20,6 +19,7 @@ from fedfleet.server.fleet.records import last_rounds, newest_records, participa
 from fedfleet.server.fleet.registry import state_in
 from fedfleet.server.fleet.specs import Inventory
 from fedfleet.shared.errors import FedfleetError
+from fedfleet.shared.tables import rows_text
 
 
 class StatusRow(TypedDict, total=False):
