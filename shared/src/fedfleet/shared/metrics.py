@@ -72,10 +72,25 @@ class Metric:
     """The plot drawing one line per device (the first metric of a plot that has data
     is drawn)."""
     device_plot_title: str = ""
+    """``{devices}`` in it becomes ``, N devices`` (with more than one)."""
+    device_plot_rank: int = 0
+    """Of a device plot's metrics, the lowest rank that has data is drawn."""
+    initial: str | None = None
+    """The record's ``initial`` field holding the initial model's value (round 0)."""
     round_tag: str | None = None
     """TensorBoard tag of the round's value."""
     device_tag: str | None = None
     """TensorBoard tag prefix of each device's value: ``<prefix>/<node id>``."""
+
+    @property
+    def axis(self) -> str:
+        """Return the label of a plot axis of this metric (its unit, or what it is)."""
+        return {"s": "seconds"}.get(self.unit, self.unit) or self.name.rsplit("_", 1)[-1]
+
+    @property
+    def is_fraction(self) -> bool:
+        """Return whether the metric lies in [0, 1] (an accuracy, a ratio)."""
+        return self.low == 0 and self.high == 1
 
     def refusal(self, value: object) -> str | None:
         """Return why ``value`` is not a valid value of this metric, or None."""
@@ -158,6 +173,24 @@ class Catalog:
         """Return the metrics the round row holds a value of, by row field."""
         return {m.round_key: m for m in self if m.round_key is not None}
 
+    def plots(self) -> dict[str, list[Metric]]:
+        """Return each round plot's metrics: the server's, then solid, then dashed lines."""
+        out: dict[str, list[Metric]] = {}
+        for metric in self:
+            if metric.plot and metric.round_key:
+                out.setdefault(metric.plot, []).append(metric)
+        return {name: sorted(group, key=lambda m: (m.sender == "device", m.plot_dashed))
+                for name, group in out.items()}
+
+    def device_plots(self) -> dict[str, list[Metric]]:
+        """Return each per-device plot's metrics, lowest ``device_plot_rank`` first."""
+        out: dict[str, list[Metric]] = {}
+        for metric in self:
+            if metric.device_plot:
+                out.setdefault(metric.device_plot, []).append(metric)
+        return {name: sorted(group, key=lambda m: m.device_plot_rank)
+                for name, group in out.items()}
+
     def check(self, values: Mapping[Any, object], phase: Phase,
               skip: Iterable[str] = ()) -> Checked:
         """Keep the values of ``values`` that the catalog allows in a ``phase`` reply.
@@ -205,20 +238,21 @@ CATALOG = Catalog([
     Metric(NUM_EXAMPLES_KEY, "examples the reply's training or evaluation used; the "
            "intake also bounds it by --max-examples and caps its weight", kind="count",
            low=1, unit="examples", phases=_BOTH),
-    Metric("train_loss", "last local epoch's training loss", phases=_TRAIN,
-           aggregate="weighted_mean", round_key="train_loss", line="train loss",
-           report="train loss", plot="loss", plot_label="training (clients)",
-           plot_dashed=True, round_tag="loss/train"),
     Metric("train_accuracy", "last local epoch's training accuracy", high=1,
            phases=_TRAIN, aggregate="weighted_mean", round_key="train_accuracy",
            report="train acc", plot="accuracy", plot_label="training (clients)",
            plot_dashed=True, device_plot="clients_accuracy",
-           device_plot_title="Accuracy per device (each device's training)",
+           device_plot_title="Accuracy per device (each device's training{devices})",
+           device_plot_rank=1,
            round_tag="accuracy/train"),
+    Metric("train_loss", "last local epoch's training loss", phases=_TRAIN,
+           aggregate="weighted_mean", round_key="train_loss", line="train loss",
+           report="train loss", plot="loss", plot_label="training (clients)",
+           plot_dashed=True, round_tag="loss/train"),
     Metric("train_time_s", "local training (model.fit) only", unit="s",
            clock="device monotonic", phases=_TRAIN, aggregate="max",
            round_key="max_client_train_s", report="slowest train s",
-           device_plot="clients_train_time", device_plot_title="Training time per device",
+           device_plot="clients_train_time", device_plot_title="Training time per device{devices}",
            round_tag="time/slowest_client_train_s", device_tag="device_train_time_s"),
     Metric("client_time_s", "the trainer's whole train call (data, model, fit)",
            unit="s", clock="device monotonic", phases=_TRAIN),
@@ -241,7 +275,7 @@ CATALOG = Catalog([
            report="eval acc", plot="accuracy", plot_label="federated evaluation",
            device_plot="clients_accuracy",
            device_plot_title="Accuracy per device (global model on each device's "
-                             "hold-out)",
+                             "hold-out{devices})",
            round_tag="accuracy/federated_eval", device_tag="device_accuracy"),
     Metric("eval_time_s", "model.evaluate on the hold-out", unit="s",
            clock="device monotonic", phases=_EVALUATE),
@@ -265,11 +299,12 @@ CATALOG = Catalog([
     # -- what the server records -----------------------------------------------------
     Metric("central_loss", "the global model's loss on the server's test set",
            sender="server", round_key="central_loss", report="test loss", plot="loss",
-           plot_label="central test set", round_tag="loss/central_test"),
+           plot_label="central test set", initial="loss", round_tag="loss/central_test"),
     Metric("central_accuracy", "the global model's accuracy on the server's test set",
            sender="server", high=1, round_key="central_accuracy", line="test acc",
            line_format=".2%", report="test acc", plot="accuracy",
-           plot_label="central test set", round_tag="accuracy/central_test"),
+           plot_label="central test set", initial="accuracy",
+           round_tag="accuracy/central_test"),
     Metric("train_replies", "train replies aggregated", sender="server", kind="count",
            round_key="train_replies", report="aggregated",
            round_tag="replies/aggregated"),
