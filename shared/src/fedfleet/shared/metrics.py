@@ -37,6 +37,12 @@ Aggregate = Literal["none", "weighted_mean", "max"]
 
 MAX_NAME_CHARS = 64
 """A metric name longer than this is refused before it is looked up or recorded."""
+MAX_SECONDS = 7 * 86_400.0
+"""Longest time a device may report: a week, longer than any round may stay open."""
+MAX_MB = 2.0**24
+"""Most memory a device may report: 16 TiB in MB."""
+FLOAT32_MAX = 3.4028234663852886e38
+"""Largest loss: Keras computes losses in float32, so anything above is inf."""
 
 
 @dataclass(frozen=True)
@@ -245,27 +251,30 @@ CATALOG = Catalog([
            device_plot_title="Accuracy per device (each device's training{devices})",
            device_plot_rank=1,
            round_tag="accuracy/train"),
-    Metric("train_loss", "last local epoch's training loss", phases=_TRAIN,
-           aggregate="weighted_mean", round_key="train_loss", line="train loss",
+    Metric("train_loss", "last local epoch's training loss", high=FLOAT32_MAX,
+           phases=_TRAIN, aggregate="weighted_mean", round_key="train_loss",
+           line="train loss",
            report="train loss", plot="loss", plot_label="training (clients)",
            plot_dashed=True, round_tag="loss/train"),
-    Metric("train_time_s", "local training (model.fit) only", unit="s",
+    Metric("train_time_s", "local training (model.fit) only", unit="s", high=MAX_SECONDS,
            clock="device monotonic", phases=_TRAIN, aggregate="max",
            round_key="max_client_train_s", report="slowest train s",
-           device_plot="clients_train_time", device_plot_title="Training time per device{devices}",
+           device_plot="clients_train_time",
+           device_plot_title="Training time per device{devices}",
            round_tag="time/slowest_client_train_s", device_tag="device_train_time_s"),
     Metric("client_time_s", "the trainer's whole train call (data, model, fit)",
-           unit="s", clock="device monotonic", phases=_TRAIN),
+           unit="s", high=MAX_SECONDS, clock="device monotonic", phases=_TRAIN),
     Metric("sgd_momentum", "momentum of the SGD the device's model was compiled with "
            "(absent with Adam)", high=1, phases=_TRAIN),
     Metric("global_eval_loss", "the received global model's loss on the device's "
            "hold-out (--client-eval with-train; kept only with the other two)",
-           phases=_TRAIN),
+           high=FLOAT32_MAX, phases=_TRAIN),
     Metric("global_eval_accuracy", "the received global model's accuracy on the "
            "device's hold-out (as global_eval_loss)", high=1, phases=_TRAIN),
     Metric("global_eval_examples", "hold-out examples of global_eval_* (also bounded "
            "by --max-examples)", kind="count", low=1, unit="examples", phases=_TRAIN),
     Metric("eval_loss", "the received global model's loss on the device's hold-out",
+           high=FLOAT32_MAX,
            phases=_EVALUATE, aggregate="weighted_mean", round_key="eval_loss",
            report="eval loss", plot="loss", plot_label="federated evaluation",
            round_tag="loss/federated_eval"),
@@ -277,25 +286,30 @@ CATALOG = Catalog([
            device_plot_title="Accuracy per device (global model on each device's "
                              "hold-out{devices})",
            round_tag="accuracy/federated_eval", device_tag="device_accuracy"),
-    Metric("eval_time_s", "model.evaluate on the hold-out", unit="s",
+    Metric("eval_time_s", "model.evaluate on the hold-out", unit="s", high=MAX_SECONDS,
            clock="device monotonic", phases=_EVALUATE),
     Metric("warm", "1 if the warm trainer did the work, 0 if the ClientApp process",
            kind="flag", high=1, phases=_BOTH, aggregate="weighted_mean",
            round_key="warm"),
     Metric("queue_s", "the message's creation on the SuperLink until the device's "
            "ClientApp process started (delivery polling and process launch)", unit="s",
-           clock="SuperLink wall (created_at) to device wall (process start): includes "
-                 "the offset between the two clocks; below 0 it is only offset, so the "
-                 "device leaves it out and the intake refuses it", phases=_BOTH),
+           high=MAX_SECONDS,
+           phases=_BOTH,
+           clock="SuperLink wall (created_at) to device wall (process start, as for "
+                 "startup_s): includes the offset between the two clocks; a reading "
+                 "below 0 is only that offset: the device leaves it out and the intake "
+                 "refuses it"),
     Metric("startup_s", "ClientApp process start until its handler ran (imports)",
-           unit="s", clock="device wall (process start from /proc, 10 ms ticks); "
-                             "below 0 it is rounding and is left out", phases=_BOTH),
-    Metric("handler_s", "the ClientApp handler itself", unit="s",
+           unit="s", high=MAX_SECONDS, phases=_BOTH,
+           clock="device wall (the process start from /proc: boot time in whole "
+                 "seconds plus clock ticks, up to 1 s early); a reading below 0 is that "
+                 "error: the device leaves it out and the intake refuses it"),
+    Metric("handler_s", "the ClientApp handler itself", unit="s", high=MAX_SECONDS,
            clock="device wall", phases=_BOTH),
     Metric("clientapp_peak_rss_mb", "the ClientApp process's peak resident memory",
-           unit="MB", phases=_BOTH),
+           unit="MB", high=MAX_MB, phases=_BOTH),
     Metric("trainer_peak_rss_mb", "the warm trainer's peak resident memory (sent only "
-           "when it did the work)", unit="MB", phases=_BOTH),
+           "when it did the work)", unit="MB", high=MAX_MB, phases=_BOTH),
     # -- what the server records -----------------------------------------------------
     Metric("central_loss", "the global model's loss on the server's test set",
            sender="server", round_key="central_loss", report="test loss", plot="loss",
@@ -309,8 +323,8 @@ CATALOG = Catalog([
            round_key="train_replies", report="aggregated",
            round_tag="replies/aggregated"),
     Metric("wall_s", "the round from its start to its end", sender="server",
-           unit="s", clock="server monotonic", round_key="wall_s", report="wall s",
-           round_tag="time/round_s"),
+           unit="s", high=MAX_SECONDS, clock="server monotonic", round_key="wall_s",
+           report="wall s", round_tag="time/round_s"),
 ])
 """fedfleet's metrics (see the module docstring)."""
 
