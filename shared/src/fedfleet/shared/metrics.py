@@ -175,10 +175,6 @@ class Catalog:
         return tuple(n for n, m in self.sent_in(phase).items()
                      if m.aggregate == "weighted_mean")
 
-    def round_keys(self) -> dict[str, Metric]:
-        """Return the metrics the round row holds a value of, by row field."""
-        return {m.round_key: m for m in self if m.round_key is not None}
-
     def plots(self) -> dict[str, list[Metric]]:
         """Return each round plot's metrics: the server's, then solid, then dashed lines."""
         out: dict[str, list[Metric]] = {}
