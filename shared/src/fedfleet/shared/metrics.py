@@ -3,17 +3,21 @@
 One :class:`Metric` per name says what the value is (type, bounds, unit, the clock a
 time is read on), who sends it (a device in its train or evaluate reply, or the
 server), how a round combines the devices' values, and where it is shown (the round
-line, the plots, TensorBoard, the HTML report). The client builds its replies from
-these names, the server's reply intake refuses whatever the catalog does not allow
-(:meth:`Catalog.check`), and the recorder, plots and TensorBoard read the catalog
-instead of lists of their own. Adding a metric is one entry here plus its producer.
+line, the plots, TensorBoard, the HTML report). The client's replies carry these
+names (a test holds every name it sends to the catalog, and the ClientApp reads the
+bounds of its cross-clock timings here), the server's reply intake refuses whatever
+the catalog does not allow (:meth:`Catalog.check`), and the recorder, run record,
+plots, TensorBoard and report read the catalog instead of lists of their own. Adding a
+metric is one entry here plus its producer.
 
 Clocks: ``device monotonic`` times are differences of ``time.perf_counter()`` on the
 device; ``device wall`` times are differences of two readings of the device's wall
 clock; ``server monotonic`` times are the ServerApp's own. ``queue_s`` is the one
 reading that spans two clocks (see its entry): it includes the offset between the
 SuperLink's clock and the device's, so the device leaves it out when it reads below 0
-(that reading is only clock offset) and the intake refuses one below 0.
+(that reading is only clock offset) and the intake refuses one below 0. Every bound
+is one an honest device cannot leave (times under a week, memory under 16 TiB,
+losses under float32's largest value).
 
 This module imports neither Flower nor Keras.
 """
