@@ -8,6 +8,7 @@ there; without one, or if it cannot be reached, a trainer in this process does i
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ from fedfleet.shared.compression import decode_weights, encode_update
 from fedfleet.shared.constants import ARRAYS_KEY, CONFIG_KEY, METRICS_KEY
 from fedfleet.shared.errors import VersionMismatchError
 from fedfleet.shared.logs import get_logger
+from fedfleet.shared.metrics import CATALOG
 from fedfleet.shared.process import peak_rss_mb, process_started_at
 from fedfleet.shared.settings import RunSettings
 from fedfleet.shared.version import __version__, compatible
@@ -33,7 +35,8 @@ log = get_logger()
 
 app = ClientApp()
 
-_HANDLER_ENTERED: dict[int, float] = {}
+Result = tuple[dict[str, Any], list[np.ndarray]]
+"""What a trainer returns: its metrics (or answer) and weights."""
 
 
 @lru_cache(maxsize=4)
@@ -59,42 +62,49 @@ def _received_weights(msg: Message, settings: RunSettings) -> list[np.ndarray]:
     return decode_weights(arrays, settings.compression)
 
 
-def _run(op: str, msg: Message, context: Context, settings: RunSettings,
-         weights: list[np.ndarray], proximal_mu: float = 0.0
-         ) -> tuple[dict[str, Any], list[np.ndarray]]:
-    """Do ``op`` in the warm trainer if there is one, else in this process."""
+def _in_trainer(op: str, context: Context, settings: RunSettings,
+                weights: list[np.ndarray], local: Callable[[LocalTrainer, NodeData], Result],
+                **options: Any) -> tuple[dict[str, Any], list[np.ndarray], bool]:
+    """Do ``op`` in the warm trainer if there is one, else ``local`` in this process.
+
+    Returns the metrics (or answer), the weights, and whether the warm trainer did it.
+    ``options`` go to :func:`fedfleet.client.worker.call`.
+    """
     node = dict(context.node_config)
     socket_path = node.get("trainer-socket")
     if socket_path:
         try:
             reply, out = worker.call(Path(str(socket_path)), op, context.run_id,
                                      dict(context.run_config), node, weights,
-                                     timeout=settings.round_timeout,
-                                     proximal_mu=proximal_mu)
-            reply["metrics"]["warm"] = 1.0
-            return reply["metrics"], out
+                                     timeout=settings.round_timeout, **options)
+            return reply["metrics"], out, True
         except worker.WorkerUnavailable as err:
-            log.warning("Warm trainer unavailable (%s); training in this process", err)
-    trainer = _trainer(NodeData.from_node_config(node))
-    if op == "train":
-        new, metrics = trainer.train(weights, settings, proximal_mu=proximal_mu)
-        return {**metrics, "warm": 0.0}, new
-    return {**trainer.evaluate(weights, settings), "warm": 0.0}, []
+            log.warning("Warm trainer unavailable (%s); doing %s in this process", err, op)
+    data = NodeData.from_node_config(node)
+    answer, out = local(_trainer(data), data)
+    return answer, out, False
 
 
-def _with_timing(metrics: dict[str, Any], msg: Message) -> dict[str, Any]:
-    """Add where this message's time went on the device, and the process's memory.
+def _with_timing(metrics: dict[str, Any], msg: Message, entered: float, warm: bool
+                 ) -> dict[str, Any]:
+    """Add who did the work, where this message's time went, the process's memory.
 
     ``queue_s``: message created on the server until this process started (delivery
     polling and process launch); ``startup_s``: process start until the handler ran
-    (Python, Flower and fedfleet imports); ``handler_s``: the handler itself.
+    at ``entered`` (Python, Flower and fedfleet imports); ``handler_s``: the handler
+    itself. ``queue_s`` spans the server's clock and this device's, and ``startup_s``
+    reads the process start at tick resolution: a reading the catalog refuses (below
+    0) is only clock offset or rounding, so it is left out.
     """
     started = process_started_at()
     now = time.time()
+    metrics["warm"] = 1.0 if warm else 0.0
     if started is not None:
-        metrics["queue_s"] = started - msg.metadata.created_at
-        metrics["startup_s"] = _HANDLER_ENTERED.get(id(msg), now) - started
-    metrics["handler_s"] = now - _HANDLER_ENTERED.pop(id(msg), now)
+        for key, value in (("queue_s", started - msg.metadata.created_at),
+                           ("startup_s", entered - started)):
+            if CATALOG[key].refusal(value) is None:
+                metrics[key] = value
+    metrics["handler_s"] = now - entered
     metrics["clientapp_peak_rss_mb"] = peak_rss_mb()
     return metrics
 
@@ -102,30 +112,40 @@ def _with_timing(metrics: dict[str, Any], msg: Message) -> dict[str, Any]:
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     """Train the received global model on this device's data."""
-    _HANDLER_ENTERED[id(msg)] = time.time()
+    entered = time.time()
     settings = _prepare(msg, context)
     config = msg.content.config_records.get(CONFIG_KEY)
     mu = config.get("proximal-mu", 0.0) if config is not None else 0.0  # set by FedProx
     if isinstance(mu, bool) or not isinstance(mu, (int, float)):
         raise ValueError(f"proximal-mu must be a number, got {mu!r}")
     weights = _received_weights(msg, settings)
-    metrics, new = _run("train", msg, context, settings, weights, proximal_mu=float(mu))
+
+    def fit(trainer: LocalTrainer, _: NodeData) -> Result:
+        new, metrics = trainer.train(weights, settings, proximal_mu=float(mu))
+        return metrics, new
+
+    metrics, new, warm = _in_trainer("train", context, settings, weights, fit,
+                                     proximal_mu=float(mu))
     log.info("Trained on %d samples in %.2fs (loss %.4f)", int(metrics["num-examples"]),
              metrics["train_time_s"], metrics["train_loss"])
     payload = encode_update(new, weights, settings.compression)
     content = RecordDict({ARRAYS_KEY: ArrayRecord(payload),
-                          METRICS_KEY: MetricRecord(_with_timing(metrics, msg))})
+                          METRICS_KEY: MetricRecord(_with_timing(metrics, msg, entered,
+                                                                  warm))})
     return Message(content=content, reply_to=msg)
 
 
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
     """Evaluate the received global model on this device's hold-out data."""
-    _HANDLER_ENTERED[id(msg)] = time.time()
+    entered = time.time()
     settings = _prepare(msg, context)
-    metrics, _ = _run("evaluate", msg, context, settings,
-                      _received_weights(msg, settings))
-    content = RecordDict({METRICS_KEY: MetricRecord(_with_timing(metrics, msg))})
+    weights = _received_weights(msg, settings)
+    metrics, _, warm = _in_trainer("evaluate", context, settings, weights,
+                                   lambda trainer, _: (trainer.evaluate(weights, settings),
+                                                       []))
+    content = RecordDict({METRICS_KEY: MetricRecord(_with_timing(metrics, msg, entered,
+                                                                 warm))})
     return Message(content=content, reply_to=msg)
 
 
@@ -145,24 +165,15 @@ def final_model(msg: Message, context: Context) -> Message:
     if arrays is None:
         raise VersionMismatchError("the final-model message carries no weights")
     weights = arrays.to_numpy_ndarrays()  # sent uncompressed, whatever the run used
-    node = dict(context.node_config)
-    home = home_of(node)
-    socket_path = node.get("trainer-socket")
-    if socket_path:
-        try:
-            reply, _ = worker.call(Path(str(socket_path)), "final_model", context.run_id,
-                                   dict(context.run_config), node, weights,
-                                   timeout=settings.round_timeout,
-                                   extra={"home": str(home), "info": info})
-            stored: dict[str, Any] = reply["metrics"]
-        except worker.WorkerUnavailable as err:
-            log.warning("Warm trainer unavailable (%s); converting in this process", err)
-            socket_path = None
-    if not socket_path:
-        data = NodeData.from_node_config(node)
-        model = _trainer(data).model(settings, weights)
-        stored = reply_of(store_final_model(home, context.run_id, model, weights, parsed,
-                                            settings, data))
+    home = home_of(dict(context.node_config))
+
+    def convert(trainer: LocalTrainer, data: NodeData) -> Result:
+        model = trainer.model(settings, weights)
+        return reply_of(store_final_model(home, context.run_id, model, weights, parsed,
+                                          settings, data)), []
+
+    stored, _, _ = _in_trainer("final_model", context, settings, weights, convert,
+                               extra={"home": str(home), "info": info})
     log.info("Stored the final model of run %s (round %s) in %s", context.run_id,
              stored["round"], home / str(stored["stored"]))
     content = RecordDict({delivery.INFO_KEY: ConfigRecord(stored)})

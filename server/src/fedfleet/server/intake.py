@@ -9,14 +9,12 @@ receives messages built here. What one reply may carry:
   payload; for ``int8`` one int8 tensor and one positive scale per weight), and one
   MetricRecord under ``metrics`` with ``num-examples``. **Evaluate**: one MetricRecord
   with ``num-examples``, ``eval_loss`` and ``eval_accuracy``.
-- Every Array is checked before it is deserialized: stype ``numpy.ndarray``, dtype,
-  shape, and the ``.npy`` header and byte length (:mod:`fedfleet.shared.npy`, never
-  ``np.load``); compressed payloads are compared with the model's shapes before they
-  are inflated. The decoded weights must be finite.
-- Metrics: only the names fedfleet's client sends (:data:`TRAIN_METRICS`,
-  :data:`EVALUATE_METRICS`), numbers in their range (accuracies in [0, 1], times and
-  losses >= 0). Unknown names, lists, NaN/inf and out-of-range values are dropped and
-  reported ("dropped 4998 unknown metric keys"); the three ``global_eval_*`` scores
+- Arrays are checked before they are deserialized or inflated, against the layout of
+  :mod:`fedfleet.shared.compression` (:func:`~fedfleet.server.validation.check_arrays`);
+  the decoded weights must be finite.
+- Metrics: only what the metric catalog (:mod:`fedfleet.shared.metrics`) allows in
+  that reply, each a finite number of its kind within its bounds; the rest is dropped
+  and reported ("dropped 4998 unknown metric keys"). The three ``global_eval_*`` scores
   are kept only as a complete, valid set. Other records in the reply are dropped too.
 - **A device's weight in the average is bounded.** ``num-examples`` must be a whole
   number in 1..``--max-examples`` (else the reply is rejected), and it counts at most
@@ -36,65 +34,46 @@ reported in their own namespace, so no device can write a server field.
 
 from __future__ import annotations
 
-import math
-import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from copy import copy
 from dataclasses import dataclass, field
 from typing import TypeVar
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, Message, MetricRecord, RecordDict
 from flwr.app.message.message import make_message
 
-from fedfleet.server.validation import check_values, norm_outliers, update_norm
+from fedfleet.server.validation import (
+    check_arrays,
+    check_values,
+    clean_text,
+    describe_error,
+    names,
+    norm_outliers,
+    update_norm,
+)
 from fedfleet.shared.compression import decode_update
 from fedfleet.shared.constants import ARRAYS_KEY, METRICS_KEY, NUM_EXAMPLES_KEY
-from fedfleet.shared.errors import FedfleetError, ModelMismatchError
-from fedfleet.shared.npy import read_npy
+from fedfleet.shared.errors import FedfleetError
+from fedfleet.shared.metrics import CATALOG, GLOBAL_EVAL, Catalog, Phase, finite, show
 from fedfleet.shared.runrecord import ErrorKind
 from fedfleet.shared.weights import WeightSpec, check_weights
 
-NUMPY_STYPE = "numpy.ndarray"
+__all__ = ["DEADLINE_CODE", "DEADLINE_REASON", "AGGREGATED_EVALUATE", "AGGREGATED_TRAIN",
+           "EvalScore", "Intake", "IntakeLimits", "IntakeResult", "Rejection",
+           "ReplyReport", "cap_weights", "clean_text", "describe_error", "lower_median"]
 
 DEADLINE_CODE = 9001
 """Error code of the reply :class:`fedfleet.server.grid.PromptGrid` makes for a device
 that did not answer before the round closed."""
 DEADLINE_REASON = "no reply by the deadline"
 
-_INF = math.inf
-Range = tuple[float, float]
-
-COMMON_METRICS: dict[str, Range] = {
-    "warm": (0.0, 1.0),
-    "queue_s": (-_INF, _INF),  # device clock minus server clock: may be negative
-    "startup_s": (0.0, _INF),
-    "handler_s": (0.0, _INF),
-    "clientapp_peak_rss_mb": (0.0, _INF),
-    "trainer_peak_rss_mb": (0.0, _INF),
-}
-TRAIN_METRICS: dict[str, Range] = {
-    "train_loss": (0.0, _INF),
-    "train_accuracy": (0.0, 1.0),
-    "train_time_s": (0.0, _INF),
-    "client_time_s": (0.0, _INF),
-    "sgd_momentum": (0.0, 1.0),  # the device trained with SGD at this momentum
-    **COMMON_METRICS,
-}
-"""Train metrics kept (besides ``num-examples`` and the ``global_eval_*`` set)."""
-EVALUATE_METRICS: dict[str, Range] = {
-    "eval_loss": (0.0, _INF),
-    "eval_accuracy": (0.0, 1.0),
-    "eval_time_s": (0.0, _INF),
-    **COMMON_METRICS,
-}
-"""Evaluate metrics kept (besides ``num-examples``)."""
-GLOBAL_EVAL = ("global_eval_loss", "global_eval_accuracy", "global_eval_examples")
-AGGREGATED_TRAIN = ("train_loss", "train_accuracy", "warm")
-AGGREGATED_EVALUATE = ("eval_loss", "eval_accuracy", "warm")
-"""The round's metrics: each averaged over the accepted replies that have it, weighted
-by their (capped) ``num-examples``. The rebuilt messages carry only ``num-examples``,
-so one reply without a metric never takes it away from the others."""
+AGGREGATED_TRAIN = CATALOG.averaged("train")
+AGGREGATED_EVALUATE = CATALOG.averaged("evaluate")
+"""The round's metrics (the catalog's ``weighted_mean`` ones): each averaged over the
+accepted replies that have it, weighted by their (capped) ``num-examples``. The
+rebuilt messages carry only ``num-examples``, so one reply without a metric never
+takes it away from the others."""
 
 
 @dataclass(frozen=True)
@@ -160,21 +139,6 @@ class Reject(Exception):
     """Raised inside the intake: this reply is left out for the reason given."""
 
 
-def clean_text(text: object, limit: int = 300) -> str:
-    """Return ``text`` on one line, printable characters only, cut to ``limit``.
-
-    For what a device sent (error text, metric names) before it is logged or recorded.
-    """
-    raw = str(text)
-    head = "".join(ch if ch.isprintable() else " " for ch in raw[:limit])
-    return head if len(raw) <= limit else f"{head}... ({len(raw) - limit} more characters)"
-
-
-def _names(keys: Iterable[str], limit: int = 3) -> str:
-    items = [repr(clean_text(k, 40)) for k in list(keys)[:limit]]
-    return ", ".join(items)
-
-
 def lower_median(values: Sequence[float]) -> float:
     """Return the lower median: the middle value, or the lower of the middle two."""
     ordered = sorted(values)
@@ -210,11 +174,12 @@ class Intake:
     """Checks and rebuilds replies against one model (see the module docstring)."""
 
     def __init__(self, specs: Sequence[WeightSpec], compression: str = "none",
-                 limits: IntakeLimits | None = None) -> None:
-        """Expect weights of ``specs`` sent with ``compression``."""
+                 limits: IntakeLimits | None = None, catalog: Catalog = CATALOG) -> None:
+        """Expect weights of ``specs`` sent with ``compression``, metrics of ``catalog``."""
         self.specs = [(tuple(shape), dtype) for shape, dtype in specs]
         self.compression = compression
         self.limits = limits or IntakeLimits()
+        self.catalog = catalog
 
     # -- public API ---------------------------------------------------------------
     def train(self, replies: Iterable[Message], base: Sequence[np.ndarray]
@@ -231,7 +196,7 @@ class Intake:
                               self.limits.max_examples_ratio)
         scores = cap_weights({d.node: d.eval_score.examples for d in kept
                               if d.eval_score is not None}, self.limits.max_examples_ratio)
-        result.metrics = _means(kept, weights, AGGREGATED_TRAIN)
+        result.metrics = _means(kept, weights, self.catalog.averaged("train"))
         for item in kept:
             if item.eval_score is not None and scores[item.node] < item.eval_score.examples:
                 item.eval_score = EvalScore(item.eval_score.loss, item.eval_score.accuracy,
@@ -256,7 +221,7 @@ class Intake:
         decoded = self._each(replies, result, self._evaluate_reply)
         weights = cap_weights({d.node: d.claim for d in decoded},
                               self.limits.max_examples_ratio)
-        result.metrics = _means(decoded, weights, AGGREGATED_EVALUATE)
+        result.metrics = _means(decoded, weights, self.catalog.averaged("evaluate"))
         for item in decoded:
             if weights[item.node] < item.claim:
                 item.dropped.append(f"num-examples {item.claim:g} counted as "
@@ -323,11 +288,11 @@ class Intake:
         if record is None:
             raise Reject("the reply carries no metrics (no MetricRecord 'metrics')")
         claim = self._claim(record)
-        received = self._arrays(arrays, origin)
+        received = check_arrays(arrays, self.specs, self.compression, origin)
         weights = decode_update(received, base, self.compression, origin)
         check_weights(self.specs, weights, origin)
         check_values(weights, claim, self.limits.max_examples)
-        metrics = _known(record, TRAIN_METRICS, dropped, extra=(*GLOBAL_EVAL,))
+        metrics = self._metrics(record, "train", claim, dropped)
         score = self._global_eval(record, dropped)
         return _Decoded(msg, node, metrics, dropped, claim, weights,
                         update_norm(weights, base), score)
@@ -344,7 +309,7 @@ class Intake:
         if record is None:
             raise Reject("the reply carries no metrics (no MetricRecord 'metrics')")
         claim = self._claim(record)
-        metrics = _known(record, EVALUATE_METRICS, dropped)
+        metrics = self._metrics(record, "evaluate", claim, dropped)
         for key in ("eval_loss", "eval_accuracy"):
             if key not in metrics:
                 raise Reject(f"the reply has no valid {key}")
@@ -354,102 +319,44 @@ class Intake:
         """Return ``num-examples`` if it is a whole number in 1..max-examples."""
         value = record.get(NUM_EXAMPLES_KEY)
         check_values([], value, self.limits.max_examples)
-        number = _number(value)
+        number = finite(value)
         if number is None:  # check_values refused it already; for the type checker
-            raise Reject(f"num-examples {_show(value)} is not a number")
+            raise Reject(f"num-examples {show(value)} is not a number")
         return number
+
+    def _metrics(self, record: MetricRecord, phase: Phase, claim: float,
+                 dropped: list[str]) -> dict[str, float]:
+        """Return the metrics the catalog allows (``num-examples``: the claim)."""
+        skip = (NUM_EXAMPLES_KEY, *GLOBAL_EVAL) if phase == "train" else (NUM_EXAMPLES_KEY,)
+        checked = self.catalog.check(record, phase, skip=skip)
+        dropped += checked.dropped
+        return {NUM_EXAMPLES_KEY: claim, **checked.kept}
 
     def _global_eval(self, record: MetricRecord, dropped: list[str]) -> EvalScore | None:
         """Return the ``global_eval_*`` scores if all three are there and valid."""
         present = [k for k in GLOBAL_EVAL if k in record]
         if not present:
             return None
-        loss, acc, examples = (_number(record.get(k)) for k in GLOBAL_EVAL)
+        loss, acc, examples = (finite(record.get(k)) for k in GLOBAL_EVAL)
+        loss_m, acc_m = self.catalog["global_eval_loss"], self.catalog["global_eval_accuracy"]
         problem = None
         if len(present) != len(GLOBAL_EVAL):
             problem = (f"incomplete (has {', '.join(present)}; lacks "
                        f"{', '.join(k for k in GLOBAL_EVAL if k not in record)})")
-        elif loss is None or loss < 0:
-            problem = f"global_eval_loss {_show(record['global_eval_loss'])} is not >= 0"
-        elif acc is None or not 0 <= acc <= 1:
-            problem = (f"global_eval_accuracy {_show(record['global_eval_accuracy'])} is "
-                       "not in [0, 1]")
+        elif loss is None or loss_m.refusal(loss) is not None:
+            problem = (f"global_eval_loss {show(record['global_eval_loss'])} is not in "
+                       f"[{loss_m.low:g}, {loss_m.high:g}]")
+        elif acc is None or acc_m.refusal(acc) is not None:
+            problem = (f"global_eval_accuracy {show(record['global_eval_accuracy'])} is "
+                       f"not in [{acc_m.low:g}, {acc_m.high:g}]")
         elif examples is None or examples != int(examples) or \
                 not 1 <= examples <= self.limits.max_examples:
-            problem = (f"global_eval_examples {_show(record['global_eval_examples'])} is "
+            problem = (f"global_eval_examples {show(record['global_eval_examples'])} is "
                        f"not a whole number in 1..{self.limits.max_examples}")
         if problem is not None or loss is None or acc is None or examples is None:
             dropped.append(f"dropped global_eval_*: {problem}")
             return None
         return EvalScore(loss, acc, examples)
-
-    def _arrays(self, record: ArrayRecord, origin: str) -> list[np.ndarray]:
-        """Deserialize the arrays of ``record`` after checking each against the layout."""
-        layout = self._layout()
-        keys = list(record.keys())
-        if len(keys) != len(layout):
-            packing = "" if self.compression == "none" else f" ({self.compression})"
-            raise ModelMismatchError(f"weights from {origin} have {len(keys)} tensors, "
-                                     f"expected {len(layout)} for this model{packing}")
-        if keys != [str(i) for i in range(len(layout))]:
-            raise ModelMismatchError(f"weights from {origin} are keyed {_names(keys)}..., "
-                                     f"expected '0'..'{len(layout) - 1}'")
-        out = []
-        for index, (key, (shape, dtype, max_len)) in enumerate(zip(keys, layout,
-                                                                    strict=True)):
-            array = record[key]
-            out.append(_checked_array(array, index, shape, dtype, max_len, origin))
-        if self.compression == "float16":
-            header = _float16_header(self.specs)
-            if not np.array_equal(out[0], header):
-                raise ModelMismatchError(f"the float16 header from {origin} does not "
-                                         "describe this model's tensors")
-        return out
-
-    def _layout(self) -> list[tuple[tuple[int, ...] | None, str, int]]:
-        """Return (shape or None for 1-D up to max_len, dtype, max_len) per array."""
-        if self.compression == "none":
-            return [(shape, dtype, 0) for shape, dtype in self.specs]
-        if self.compression == "float16":
-            header = _float16_header(self.specs)
-            raw = 2 * sum(math.prod(shape) for shape, _ in self.specs)
-            bound = raw + raw // 500 + 64  # zlib's worst case is +0.03% and a few bytes
-            return [(header.shape, "int64", 0), (None, "uint8", bound)]
-        if self.compression == "int8":
-            return [item for shape, _ in self.specs
-                    for item in ((shape, "int8", 0), ((1,), "float32", 0))]
-        raise ModelMismatchError(f"unknown compression {self.compression!r}")
-
-
-def _float16_header(specs: Sequence[WeightSpec]) -> np.ndarray:
-    values = [len(specs)]
-    for shape, _ in specs:
-        values += [len(shape), *shape]
-    return np.array(values, dtype=np.int64)
-
-
-def _checked_array(array: Array, index: int, shape: tuple[int, ...] | None, dtype: str,
-                   max_len: int, origin: str) -> np.ndarray:
-    """Return the array if its stype, dtype, shape and bytes are what is expected."""
-    what = f"tensor {index} from {origin}"
-    if array.stype != NUMPY_STYPE:
-        raise ModelMismatchError(f"{what} has serialization {clean_text(array.stype, 40)!r}"
-                                 f", expected {NUMPY_STYPE!r}")
-    if array.dtype != dtype:
-        raise ModelMismatchError(f"{what} is {clean_text(array.dtype, 40)}, the model "
-                                 f"expects {dtype}")
-    declared = tuple(array.shape) if isinstance(array.shape, (tuple, list)) else None
-    if declared is None or not all(type(d) is int for d in declared):
-        raise ModelMismatchError(f"{what} declares no valid shape")
-    if shape is None:
-        if len(declared) != 1 or not 0 <= declared[0] <= max_len:
-            raise ModelMismatchError(f"{what} declares shape {clean_text(declared, 60)}, "
-                                     f"expected one dimension of at most {max_len}")
-        shape = declared
-    elif declared != shape:
-        raise ModelMismatchError(f"weight {what} is {clean_text(declared, 60)} {dtype}, "
-                                 f"the model expects {shape} {dtype}")
-    return read_npy(array.data, dtype, shape)
 
 
 def _payload_bytes(msg: Message) -> int:
@@ -464,61 +371,15 @@ def _single(records: Mapping[str, _R], key: str, kind: str, dropped: list[str]
     """Return ``records[key]``; note any other record of that kind as dropped."""
     others = [name for name in records if name != key]
     if others:
-        dropped.append(f"dropped {len(others)} extra {kind}(s) ({_names(others)})")
+        dropped.append(f"dropped {len(others)} extra {kind}(s) ({names(others)})")
     return records.get(key)
 
 
-def _number(value: object) -> float | None:
-    """Return ``value`` as a finite float, or None if it is not one."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return None
-    try:
-        number = float(value)
-    except OverflowError:
-        return None
-    return number if math.isfinite(number) else None
-
-
-def _show(value: object) -> str:
-    return clean_text(repr(value), 40)
-
-
-def _known(record: MetricRecord, allowed: Mapping[str, Range], dropped: list[str],
-           extra: tuple[str, ...] = ()) -> dict[str, float]:
-    """Return the metrics named in ``allowed`` with valid values; note the rest."""
-    kept: dict[str, float] = {}
-    unknown: list[str] = []
-    for key, value in record.items():
-        if key == NUM_EXAMPLES_KEY:
-            claim = _number(value)  # checked by Intake._claim
-            if claim is not None:
-                kept[key] = claim
-            continue
-        if key in extra:
-            continue
-        if key not in allowed:
-            unknown.append(key)
-            continue
-        number = _number(value)
-        low, high = allowed[key]
-        if number is None:
-            dropped.append(f"dropped {key}: {_show(value)} is not a finite number")
-        elif not low <= number <= high:
-            dropped.append(f"dropped {key}: {number:g} is outside [{low:g}, {high:g}]")
-        else:
-            kept[key] = number
-    if unknown:
-        dropped.append(f"dropped {len(unknown)} unknown metric key"
-                       f"{'s' if len(unknown) > 1 else ''} ({_names(unknown)}"
-                       f"{', ...' if len(unknown) > 3 else ''})")
-    return kept
-
-
 def _means(items: Sequence[_Decoded], weights: Mapping[str, float],
-           names: Sequence[str]) -> dict[str, float]:
+           keys: Sequence[str]) -> dict[str, float]:
     """Return each metric's mean over the items that have it, weighted by ``weights``."""
     means = {}
-    for name in names:
+    for name in keys:
         having = [(d.metrics[name], weights[d.node]) for d in items if name in d.metrics]
         total = sum(w for _, w in having)
         if having and total > 0:
@@ -529,12 +390,3 @@ def _means(items: Sequence[_Decoded], weights: Mapping[str, float],
 def _rebuilt(original: Message, content: RecordDict) -> Message:
     """Return a new message with ``content`` and a copy of ``original``'s metadata."""
     return make_message(copy(original.metadata), content)
-
-
-_REASON = re.compile(r"^<class '(?:[\w.]+\.)?(\w+)'>:<'(.*)'>$", re.DOTALL)
-
-
-def describe_error(reason: str | None) -> str:
-    """Turn Flower's ``<class 'pkg.Err'>:<'text'>`` into ``Err: text``."""
-    match = _REASON.match(reason or "")
-    return f"{match.group(1)}: {match.group(2)}" if match else (reason or "unknown error")

@@ -1,5 +1,9 @@
 """Plots of a run, drawn from its record into ``RUN_DIR/plots/*.png``.
 
+Which plots, and which metrics each draws, is the metric catalog's
+(:mod:`fedfleet.shared.metrics`): one figure per ``plot`` (round values) and per
+``device_plot`` (a line per device), then the replies per round.
+
 ``write_plots(run_dir, record)`` is cheap enough to call after every round (a few
 hundred milliseconds for five figures; matplotlib is imported on the first call,
 with the Agg backend, never pyplot). Each file is replaced atomically, so a browser
@@ -9,21 +13,26 @@ or the HTML report never shows half an image.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from fedfleet.shared.atomic import save_atomic
+from fedfleet.shared.metrics import CATALOG, Catalog, Metric
 from fedfleet.shared.recordview import RecordView, as_record, failures, rejected, timeouts
 
 PLOTS_DIR = "plots"
-PLOT_FILES = {
-    "accuracy": "accuracy.png",
-    "loss": "loss.png",
-    "clients_accuracy": "clients_accuracy.png",
-    "clients_train_time": "clients_train_time.png",
-    "replies": "replies.png",
-}
-"""Name of each plot -> its file in ``RUN_DIR/plots``."""
+REPLIES = "replies"
+
+
+def plot_files(catalog: Catalog = CATALOG) -> dict[str, str]:
+    """Return the name of each plot -> its file in ``RUN_DIR/plots``."""
+    names = [*catalog.plots(), *catalog.device_plots(), REPLIES]
+    return {name: f"{name}.png" for name in names}
+
+
+PLOT_FILES = plot_files()
+"""The plots of fedfleet's catalog (see :func:`plot_files`)."""
 
 MAX_LEGEND = 12
 """Per-device plots name at most this many devices in their legend."""
@@ -79,54 +88,37 @@ def _lines(ax: Any, series: Mapping[str, list[tuple[int, float]]],
     return drawn
 
 
-def _metric(record: RecordView, ax: Any, metric: str) -> bool:
-    central = record.series(f"central_{metric}")
-    initial = record.initial.get(metric)
-    if central and isinstance(initial, (int, float)) and not isinstance(initial, bool):
-        central = [(0, float(initial)), *central]
-    return _lines(ax, {"central test set": central,
-                       "federated evaluation": record.series(f"eval_{metric}"),
-                       "training (clients)": record.series(f"train_{metric}")},
-                  dashed=("training (clients)",))
-
-
-def _accuracy(record: RecordView, ax: Any) -> None:
-    drawn = _metric(record, ax, "accuracy")
-    if drawn:
+def _round_plot(record: RecordView, ax: Any, name: str, metrics: list[Metric]) -> None:
+    """Draw the round values of ``metrics`` (an initial value at round 0, if any)."""
+    series = {}
+    for metric in metrics:
+        points = record.series(metric.round_key or metric.name)
+        initial = record.initial.get(metric.initial) if metric.initial else None
+        if points and isinstance(initial, (int, float)) and not isinstance(initial, bool):
+            points = [(0, float(initial)), *points]
+        series[metric.plot_label or metric.name] = points
+    dashed = tuple(m.plot_label or m.name for m in metrics if m.plot_dashed)
+    drawn = _lines(ax, series, dashed=dashed)
+    if drawn and all(m.is_fraction for m in metrics):
         ax.set_ylim(-0.02, 1.02)
-    _finish(ax, "Accuracy per round", "accuracy", not drawn)
+    _finish(ax, f"{name.replace('_', ' ').capitalize()} per round", metrics[0].axis,
+            not drawn)
 
 
-def _loss(record: RecordView, ax: Any) -> None:
-    _finish(ax, "Loss per round", "loss", not _metric(record, ax, "loss"))
-
-
-def _per_client(record: RecordView, ax: Any, key: str) -> str:
-    """Draw one line per device; return a note on how many (for the title)."""
-    series = record.client_series(key)
+def _device_plot(record: RecordView, ax: Any, metrics: list[Metric]) -> None:
+    """Draw one line per device of the first of ``metrics`` that has data."""
+    metric = next((m for m in metrics if record.client_series(m.name)), metrics[0])
+    series = record.client_series(metric.name)
     named = len(series) <= MAX_LEGEND
     for node, points in series.items():
         xs, ys = zip(*points, strict=True)
         ax.plot(xs, ys, _style(points), markersize=3, linewidth=1 if named else 0.6,
                 label=short_node(node) if named else None)
-    return f", {len(series)} devices" if len(series) > 1 else ""
-
-
-def _clients_accuracy(record: RecordView, ax: Any) -> None:
-    key = "eval_accuracy" if record.client_series("eval_accuracy") else "train_accuracy"
-    devices = _per_client(record, ax, key)
-    drawn = bool(record.client_series(key))
-    if drawn:
+    if series and metric.is_fraction:
         ax.set_ylim(-0.02, 1.02)
-    what = ("global model on each device's hold-out" if key == "eval_accuracy" else
-            "each device's training")
-    _finish(ax, f"Accuracy per device ({what}{devices})", "accuracy", not drawn)
-
-
-def _clients_train_time(record: RecordView, ax: Any) -> None:
-    devices = _per_client(record, ax, "train_time_s")
-    _finish(ax, f"Training time per device{devices.replace(',', ':', 1)}", "seconds",
-            not record.client_series("train_time_s"))
+    devices = f", {len(series)} devices" if len(series) > 1 else ""
+    title = metric.device_plot_title or f"{metric.name} per device{{devices}}"
+    _finish(ax, title.format(devices=devices), metric.axis, not series)
 
 
 def _replies(record: RecordView, ax: Any) -> None:
@@ -149,20 +141,23 @@ def _replies(record: RecordView, ax: Any) -> None:
     _finish(ax, "Train replies per round", "clients", not any(bottom))
 
 
-_DRAW: dict[str, Callable[[RecordView, Any], None]] = {
-    "accuracy": _accuracy,
-    "loss": _loss,
-    "clients_accuracy": _clients_accuracy,
-    "clients_train_time": _clients_train_time,
-    "replies": _replies,
-}
+def _drawers(catalog: Catalog) -> dict[str, Callable[[RecordView, Any], None]]:
+    """Return each plot's name -> what draws it."""
+    draw: dict[str, Callable[[RecordView, Any], None]] = {
+        name: partial(_round_plot, name=name, metrics=metrics)
+        for name, metrics in catalog.plots().items()}
+    draw.update({name: partial(_device_plot, metrics=metrics)
+                 for name, metrics in catalog.device_plots().items()})
+    draw[REPLIES] = _replies
+    return draw
 
 
 def _save(figure: Any, path: Path) -> None:
     save_atomic(path, lambda tmp: figure.savefig(tmp, format="png"))
 
 
-def write_plots(run_dir: Path, record: RecordView | Mapping[str, Any] | None) -> list[Path]:
+def write_plots(run_dir: Path, record: RecordView | Mapping[str, Any] | None,
+                catalog: Catalog = CATALOG) -> list[Path]:
     """Draw every plot of ``record`` into ``run_dir/plots``; return the files written.
 
     Parameters
@@ -171,15 +166,18 @@ def write_plots(run_dir: Path, record: RecordView | Mapping[str, Any] | None) ->
         The run's output folder (``OUTPUT_DIR/run-<id>``).
     record
         The run record, as the dict in ``metrics.json`` or a ``RecordView``.
+    catalog
+        The metrics to draw (fedfleet's catalog unless a test gives another).
     """
     run = as_record(record)
     folder = run_dir / PLOTS_DIR
     folder.mkdir(parents=True, exist_ok=True)
     written = []
-    for name, draw in _DRAW.items():
+    files = plot_files(catalog)
+    for name, draw in _drawers(catalog).items():
         figure, ax = _figure()
         draw(run, ax)
-        path = folder / PLOT_FILES[name]
+        path = folder / files[name]
         _save(figure, path)
         written.append(path)
     return written

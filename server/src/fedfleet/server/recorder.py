@@ -6,7 +6,8 @@ replies, what the strategy aggregated, and when the round ends; the recorder kee
 the clients, errors and timings, files the clients' scores of the previous global
 model under the round that produced it, and writes the record after every change
 that matters. It makes no decisions: which replies count is the intake's, whether a
-round ends the run the round policy's.
+round ends the run the round policy's, which round fields the devices' metrics fill
+(and how: the intake's weighted means, the largest value) the metric catalog's.
 
 Per device it also counts the train rounds it was asked in and contributed to
 (``participation`` in the record), and warns (a log line, and ``stragglers`` in the
@@ -21,10 +22,12 @@ import logging
 import time
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any, cast
 
 from fedfleet.server.intake import EvalScore, IntakeResult
 from fedfleet.server.run_files import RunFiles
 from fedfleet.shared.constants import NUM_EXAMPLES_KEY
+from fedfleet.shared.metrics import CATALOG, Catalog
 from fedfleet.shared.runrecord import (
     CentralScores,
     ClientRow,
@@ -35,6 +38,7 @@ from fedfleet.shared.runrecord import (
     RunInfo,
     RunRecord,
     Status,
+    csv_columns,
     new_record,
     round_line,
 )
@@ -48,13 +52,15 @@ class RunRecorder:
     """Keeps one run's record and writes it to the run's files (if it has a folder)."""
 
     def __init__(self, files: RunFiles | None, info: RunInfo,
-                 straggler_rounds: int = DEFAULT_STRAGGLER_ROUNDS) -> None:
+                 straggler_rounds: int = DEFAULT_STRAGGLER_ROUNDS,
+                 catalog: Catalog = CATALOG) -> None:
         """Start the record of a run that has just begun, and write it.
 
         A device that contributes to none of ``straggler_rounds`` rounds in a row that
-        it was asked in is warned about.
+        it was asked in is warned about. ``catalog``: the metrics the rows hold.
         """
         self.files = files
+        self.catalog = catalog
         self.straggler_rounds = straggler_rounds
         self.record: RunRecord = new_record(info)
         self.row: RoundRow = {}
@@ -155,19 +161,13 @@ class RunRecorder:
         self.row["eval_replies"] = len(result.accepted)
 
     def aggregated(self, metrics: Mapping[str, float]) -> None:
-        """Keep the round's aggregated metrics that the record has fields for."""
-        row = self.row
+        """Keep the round's averaged device metrics under their catalog round fields."""
+        row = cast(dict[str, Any], self.row)
         for key, value in metrics.items():
-            if key == "train_loss":
-                row["train_loss"] = value
-            elif key == "train_accuracy":
-                row["train_accuracy"] = value
-            elif key == "eval_loss":
-                row["eval_loss"] = value
-            elif key == "eval_accuracy":
-                row["eval_accuracy"] = value
-            elif key == "warm":
-                row["warm"] = value
+            metric = self.catalog[key] if key in self.catalog else None
+            if metric is not None and metric.sender == "device" and \
+                    metric.aggregate == "weighted_mean" and metric.round_key:
+                row[metric.round_key] = value
 
     def _errors(self, phase: Phase, result: IntakeResult) -> None:
         for rejection in result.rejected:
@@ -220,15 +220,19 @@ class RunRecorder:
             row["central_loss"] = central["loss"]
             row["central_accuracy"] = central["accuracy"]
         row["clients"] = list(self._clients.values())
-        times = [c["device"]["train_time_s"] for c in row["clients"]
-                 if "train_time_s" in c.get("device", {})]
-        row["max_client_train_s"] = max(times) if times else None
+        fields = cast(dict[str, Any], row)
+        for metric in self.catalog:
+            if metric.aggregate == "max" and metric.round_key:
+                values = [c["device"][metric.name] for c in row["clients"]
+                          if metric.name in c.get("device", {})]
+                fields[metric.round_key] = max(values) if values else None
         if checkpoint is not None:
             row["checkpoint"] = checkpoint.name
         row["wall_s"] = time.perf_counter() - self._t0
         self.rounds.append(row)
         self.save()
-        log.info("%s", round_line(row, self.record["run"].get("num_rounds")))
+        log.info("%s", round_line(row, self.record["run"].get("num_rounds"),
+                                  self.catalog))
         return row
 
     def finish(self, status: Status, error: str | None = None) -> None:
@@ -242,4 +246,4 @@ class RunRecorder:
     def save(self) -> None:
         """Write the record, if the run has a folder."""
         if self.files is not None:
-            self.files.write_record(self.record)
+            self.files.write_record(self.record, csv_columns(self.catalog))

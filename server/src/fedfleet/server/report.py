@@ -17,6 +17,7 @@ from typing import Any
 
 from fedfleet.server.plots import PLOT_FILES, PLOTS_DIR
 from fedfleet.shared.atomic import write_atomic
+from fedfleet.shared.metrics import CATALOG, Catalog
 from fedfleet.shared.recordview import (
     RecordView,
     as_record,
@@ -43,14 +44,30 @@ border:1px solid #eee}
 code{font-size:.9em}
 """
 
-_ROUND_COLUMNS: list[tuple[str, str]] = [
+_FIXED_COLUMNS: list[tuple[str, str]] = [
     ("round", "round"), ("wall_s", "wall s"), ("train_replies", "aggregated"),
     ("rejected", "rejected"), ("failed", "failed"), ("timeouts", "timed out"),
     ("train_loss", "train loss"), ("train_accuracy", "train acc"),
     ("eval_loss", "eval loss"), ("eval_accuracy", "eval acc"),
     ("central_loss", "test loss"), ("central_accuracy", "test acc"),
-    ("max_client_train_s", "slowest train s"), ("checkpoint", "checkpoint"),
+    ("max_client_train_s", "slowest train s"),
 ]
+
+
+def round_columns(catalog: Catalog = CATALOG) -> list[tuple[str, str]]:
+    """Return the round table's (row field, header) pairs, then the checkpoint's.
+
+    The usual columns come first, then each other metric the catalog gives a
+    ``report`` header.
+    """
+    known = {key for key, _ in _FIXED_COLUMNS}
+    extra = [(m.round_key, m.report) for m in catalog
+             if m.report and m.round_key and m.round_key not in known]
+    return [*_FIXED_COLUMNS, *((k, h) for k, h in extra if k and h),
+            ("checkpoint", "checkpoint")]
+
+
+_ROUND_COLUMNS = round_columns()
 
 
 def _e(value: object) -> str:

@@ -8,12 +8,13 @@ from __future__ import annotations
 import csv
 import io
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from fedfleet.shared.atomic import save_atomic, write_atomic
 from fedfleet.shared.constants import CHECKPOINT_DIR, FINAL_MODEL, METRICS_CSV, METRICS_JSON
-from fedfleet.shared.runrecord import CSV_COLUMNS, RunRecord
+from fedfleet.shared.runrecord import RunRecord, csv_columns
 
 
 class RunFiles:
@@ -42,14 +43,20 @@ class RunFiles:
         """Return the path of the strategy's state after ``run_round``."""
         return state_path(self.directory, run_round)
 
-    def write_record(self, record: RunRecord) -> None:
-        """Write ``metrics.json`` (everything) and ``metrics.csv`` (one row per round)."""
+    def write_record(self, record: RunRecord, columns: Sequence[str] | None = None
+                     ) -> None:
+        """Write ``metrics.json`` (everything) and ``metrics.csv`` (one row per round).
+
+        ``columns``: the CSV's (default :func:`~fedfleet.shared.runrecord.csv_columns`).
+        """
         write_atomic(self.metrics_json, json.dumps(record, indent=1, default=float))
+        names = list(columns or csv_columns())
         buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, fieldnames=CSV_COLUMNS, extrasaction="ignore")
+        writer = csv.DictWriter(buffer, fieldnames=names, extrasaction="ignore")
         writer.writeheader()
         for row in record.get("rounds", []):
-            writer.writerow({k: row.get(k, "") for k in CSV_COLUMNS})
+            values: dict[str, Any] = dict(row)
+            writer.writerow({k: values.get(k, "") for k in names})
         write_atomic(self.directory / METRICS_CSV, buffer.getvalue())
 
     def save_model(self, model: Any, path: Path) -> None:

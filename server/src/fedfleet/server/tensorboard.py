@@ -1,5 +1,7 @@
 """TensorBoard event files of a run: the same numbers as the plots, per round.
 
+Which numbers, under which tags, is the metric catalog's (:mod:`fedfleet.shared.metrics`).
+
 ``TensorBoardLog(logdir).write_round(row)`` writes one round's scalars with
 ``tf.summary`` (TensorFlow is imported on first use; the ServerApp has it loaded
 already). View them with ``tensorboard --logdir DIR``.
@@ -12,6 +14,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from fedfleet.shared.metrics import CATALOG, Catalog
 from fedfleet.shared.recordview import (
     RecordView,
     as_record,
@@ -23,44 +26,33 @@ from fedfleet.shared.recordview import (
     timeouts,
 )
 
-ROUND_SCALARS: dict[str, str] = {
-    "central_accuracy": "accuracy/central_test",
-    "eval_accuracy": "accuracy/federated_eval",
-    "train_accuracy": "accuracy/train",
-    "central_loss": "loss/central_test",
-    "eval_loss": "loss/federated_eval",
-    "train_loss": "loss/train",
-    "train_replies": "replies/aggregated",
-    "wall_s": "time/round_s",
-    "max_client_train_s": "time/slowest_client_train_s",
-}
-"""Record key of a round -> TensorBoard tag."""
 
-CLIENT_SCALARS: dict[str, str] = {
-    "eval_accuracy": "device_accuracy",
-    "train_time_s": "device_train_time_s",
-}
-"""Client metric -> tag prefix; the tag is ``<prefix>/<node id>``."""
+def round_scalars(row: Mapping[str, Any], catalog: Catalog = CATALOG) -> dict[str, float]:
+    """Return the tag -> value pairs of one round row (finite numbers only).
 
-
-def round_scalars(row: Mapping[str, Any]) -> dict[str, float]:
-    """Return the tag -> value pairs of one round row (finite numbers only)."""
-    out = {tag: number(row.get(key)) for key, tag in ROUND_SCALARS.items()}
+    The catalog names the tags: ``round_tag`` for a round's value, ``device_tag``
+    (``<prefix>/<node id>``) for each device's.
+    """
+    out = {m.round_tag: number(row.get(m.round_key)) for m in catalog
+           if m.round_tag and m.round_key}
     out.update({"replies/rejected": float(rejected(row)),
                 "replies/failed": float(failures(row)),
                 "replies/timed_out": float(timeouts(row))})
     for client in clients(row):
-        for key, prefix in CLIENT_SCALARS.items():
-            out[f"{prefix}/{client['node_id']}"] = number(device_metric(client, key))
+        for metric in catalog:
+            if metric.device_tag:
+                out[f"{metric.device_tag}/{client['node_id']}"] = number(
+                    device_metric(client, metric.name))
     return {tag: value for tag, value in out.items() if value is not None}
 
 
 class TensorBoardLog:
     """Writes a run's rounds as TensorBoard scalars into ``logdir``."""
 
-    def __init__(self, logdir: Path) -> None:
+    def __init__(self, logdir: Path, catalog: Catalog = CATALOG) -> None:
         """Remember ``logdir``; the event file is created on the first write."""
         self.logdir = logdir
+        self.catalog = catalog
         self._writer: Any = None
 
     def _summary(self) -> Any:
@@ -81,8 +73,8 @@ class TensorBoardLog:
 
     def write_initial(self, initial: Mapping[str, Any]) -> None:
         """Write the initial model's centralized metrics at step 0."""
-        scalars = {"accuracy/central_test": number(initial.get("accuracy")),
-                   "loss/central_test": number(initial.get("loss"))}
+        scalars = {m.round_tag: number(initial.get(m.initial)) for m in self.catalog
+                   if m.round_tag and m.initial}
         clean = {k: v for k, v in scalars.items() if v is not None}
         if clean:
             self.write_scalars(0, clean)
@@ -92,7 +84,7 @@ class TensorBoardLog:
         step = number(row.get("round"))
         if step is None:
             return
-        self.write_scalars(int(step), round_scalars(row))
+        self.write_scalars(int(step), round_scalars(row, self.catalog))
 
     def write_record(self, record: RecordView | Mapping[str, Any]) -> int:
         """Write a whole record (initial model and every round); return the rounds written."""

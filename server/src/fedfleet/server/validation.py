@@ -1,18 +1,28 @@
 """Checks on a client's update before it may take part in aggregation.
 
-The shape check (:func:`fedfleet.shared.weights.check_weights`) comes first; here:
-all values finite, a plausible number of examples, and an update norm that is not an
-outlier among the round's replies.
+The arrays as they arrive (:func:`check_arrays`: stype, dtype, shape and ``.npy``
+bytes against the layout :func:`fedfleet.shared.compression.update_layout` gives,
+before anything is deserialized), then the shape check
+(:func:`fedfleet.shared.weights.check_weights`); here too: all values finite, a
+plausible number of examples, and an update norm that is not an outlier among the
+round's replies.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+import re
+from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
+from flwr.app import Array, ArrayRecord
 
-from fedfleet.shared.errors import FedfleetError
+from fedfleet.shared.compression import float16_header, update_layout
+from fedfleet.shared.errors import FedfleetError, ModelMismatchError
+from fedfleet.shared.npy import read_npy
+from fedfleet.shared.weights import WeightSpec
+
+NUMPY_STYPE = "numpy.ndarray"
 
 
 class UpdateRejected(FedfleetError):
@@ -60,3 +70,79 @@ def norm_outliers(norms: Mapping[str, float], ratio: float) -> dict[str, str]:
     return {key: f"update norm {norm:.3g} is over {ratio:g}x the round's median "
                  f"{median:.3g} (--max-update-norm-ratio)"
             for key, norm in norms.items() if norm > limit}
+
+
+def clean_text(text: object, limit: int = 300) -> str:
+    """Return ``text`` on one line, printable characters only, cut to ``limit``.
+
+    For what a device sent (error text, record names) before it is logged or recorded.
+    """
+    raw = str(text)
+    head = "".join(ch if ch.isprintable() else " " for ch in raw[:limit])
+    return head if len(raw) <= limit else f"{head}... ({len(raw) - limit} more characters)"
+
+
+_REASON = re.compile(r"^<class '(?:[\w.]+\.)?(\w+)'>:<'(.*)'>$", re.DOTALL)
+
+
+def describe_error(reason: str | None) -> str:
+    """Turn Flower's ``<class 'pkg.Err'>:<'text'>`` into ``Err: text``."""
+    match = _REASON.match(reason or "")
+    return f"{match.group(1)}: {match.group(2)}" if match else (reason or "unknown error")
+
+
+def names(keys: Iterable[str], limit: int = 3) -> str:
+    """Return the first ``limit`` of ``keys``, cleaned and quoted, for a message."""
+    return ", ".join(repr(clean_text(k, 40)) for k in list(keys)[:limit])
+
+
+def check_arrays(record: ArrayRecord, specs: Sequence[WeightSpec], compression: str,
+                 origin: str) -> list[np.ndarray]:
+    """Deserialize the arrays of ``record`` after checking each against the layout.
+
+    Raises
+    ------
+    ModelMismatchError
+        If the arrays are not what ``compression`` sends for a model of ``specs``.
+    """
+    layout = update_layout(specs, compression)
+    keys = list(record.keys())
+    if len(keys) != len(layout):
+        packing = "" if compression == "none" else f" ({compression})"
+        raise ModelMismatchError(f"weights from {origin} have {len(keys)} tensors, "
+                                 f"expected {len(layout)} for this model{packing}")
+    if keys != [str(i) for i in range(len(layout))]:
+        raise ModelMismatchError(f"weights from {origin} are keyed {names(keys)}..., "
+                                 f"expected '0'..'{len(layout) - 1}'")
+    out = [_checked_array(record[key], index, shape, dtype, max_len, origin)
+           for index, (key, (shape, dtype, max_len)) in enumerate(
+               zip(keys, layout, strict=True))]
+    if compression == "float16" and not np.array_equal(
+            out[0], float16_header([shape for shape, _ in specs])):
+        raise ModelMismatchError(f"the float16 header from {origin} does not "
+                                 "describe this model's tensors")
+    return out
+
+
+def _checked_array(array: Array, index: int, shape: tuple[int, ...] | None, dtype: str,
+                   max_len: int, origin: str) -> np.ndarray:
+    """Return the array if its stype, dtype, shape and bytes are what is expected."""
+    what = f"tensor {index} from {origin}"
+    if array.stype != NUMPY_STYPE:
+        raise ModelMismatchError(f"{what} has serialization {clean_text(array.stype, 40)!r}"
+                                 f", expected {NUMPY_STYPE!r}")
+    if array.dtype != dtype:
+        raise ModelMismatchError(f"{what} is {clean_text(array.dtype, 40)}, the model "
+                                 f"expects {dtype}")
+    declared = tuple(array.shape) if isinstance(array.shape, (tuple, list)) else None
+    if declared is None or not all(type(d) is int for d in declared):
+        raise ModelMismatchError(f"{what} declares no valid shape")
+    if shape is None:
+        if len(declared) != 1 or not 0 <= declared[0] <= max_len:
+            raise ModelMismatchError(f"{what} declares shape {clean_text(declared, 60)}, "
+                                     f"expected one dimension of at most {max_len}")
+        shape = declared
+    elif declared != shape:
+        raise ModelMismatchError(f"weight {what} is {clean_text(declared, 60)} {dtype}, "
+                                 f"the model expects {shape} {dtype}")
+    return read_npy(array.data, dtype, shape)

@@ -22,12 +22,51 @@ from collections.abc import Sequence
 import numpy as np
 
 from fedfleet.shared.errors import ModelMismatchError
+from fedfleet.shared.weights import WeightSpec
 
 METHODS = ("none", "float16", "int8")
 
 
 MAX_VALUES = 2**31
 """Most values a packed float16 header may announce (guards the inflate step)."""
+
+
+Layout = tuple[tuple[int, ...] | None, str, int]
+"""One array of an encoded update: its shape (None: one dimension of at most the
+third item's length), its dtype, that length bound (0 when the shape is exact)."""
+
+
+def float16_header(shapes: Sequence[tuple[int, ...]]) -> np.ndarray:
+    """Return the packed float16 header of tensors of ``shapes`` (int64)."""
+    values = [len(shapes)]
+    for shape in shapes:
+        values += [len(shape), *shape]
+    return np.array(values, dtype=np.int64)
+
+
+def update_layout(specs: Sequence[WeightSpec], method: str) -> list[Layout]:
+    """Return what :func:`encode_update` sends for a model of ``specs``, per array.
+
+    ``none``: each tensor as it is; ``float16``: the header and a payload bounded by
+    zlib's worst case; ``int8``: an int8 tensor and a float32 scale per tensor.
+
+    Raises
+    ------
+    ModelMismatchError
+        If ``method`` is not a compression method.
+    """
+    shapes = [tuple(shape) for shape, _ in specs]
+    if method == "none":
+        return [(tuple(shape), dtype, 0) for shape, dtype in specs]
+    if method == "float16":
+        header = float16_header(shapes)
+        raw = 2 * sum(math.prod(shape) for shape in shapes)
+        bound = raw + raw // 500 + 64  # zlib's worst case is +0.03% and a few bytes
+        return [(header.shape, "int64", 0), (None, "uint8", bound)]
+    if method == "int8":
+        return [item for shape in shapes
+                for item in ((shape, "int8", 0), ((1,), "float32", 0))]
+    raise ModelMismatchError(f"unknown compression {method!r}")
 
 
 def pack_float16(tensors: Sequence[np.ndarray]) -> list[np.ndarray]:
@@ -42,17 +81,15 @@ def pack_float16(tensors: Sequence[np.ndarray]) -> list[np.ndarray]:
     ValueError
         If a tensor is not floating point.
     """
-    header: list[int] = [len(tensors)]
     halves = []
     for tensor in tensors:
         if not np.issubdtype(tensor.dtype, np.floating):
             raise ValueError(f"float16 compression needs floating-point tensors, got "
                              f"{tensor.dtype}; run without --compression")
-        header += [tensor.ndim, *tensor.shape]
         halves.append(np.asarray(tensor, dtype=np.float16).reshape(-1))
     values = np.concatenate(halves) if halves else np.zeros(0, np.float16)
     planes = values.view(np.uint8).reshape(-1, 2).T.tobytes()
-    return [np.array(header, dtype=np.int64),
+    return [float16_header([t.shape for t in tensors]),
             np.frombuffer(zlib.compress(planes, 6), dtype=np.uint8)]
 
 

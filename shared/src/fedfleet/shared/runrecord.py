@@ -7,7 +7,9 @@ the run follower, resume and the benchmarks read it. This module imports neither
 Flower nor Keras, so every reader stays light.
 
 What a device reported is kept under each client's ``device`` key, in its own
-namespace: no device can write a field of the server's.
+namespace: no device can write a field of the server's. Which metrics a round row
+holds, and which the round line and the CSV show, is the metric catalog's
+(:mod:`fedfleet.shared.metrics`): a metric added there appears here without a change.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from pathlib import Path
 from typing import Any, Literal, TypedDict, cast
 
 from fedfleet.shared.constants import METRICS_JSON
+from fedfleet.shared.metrics import CATALOG, Catalog
 from fedfleet.shared.settings import Scalar
 
 Status = Literal["running", "completed", "failed", "interrupted"]
@@ -143,7 +146,14 @@ CSV_COLUMNS = (
     "train_accuracy", "eval_replies", "eval_loss", "eval_accuracy",
     "central_loss", "central_accuracy", "max_client_train_s",
 )
-"""The columns of ``metrics.csv``, one row per round."""
+"""The columns of ``metrics.csv``, one row per round (the catalog may add more)."""
+
+
+def csv_columns(catalog: Catalog = CATALOG) -> tuple[str, ...]:
+    """Return :data:`CSV_COLUMNS`, then the catalog's other reported round fields."""
+    extra = [m.round_key for m in catalog if m.report and m.round_key
+             and m.round_key not in CSV_COLUMNS]
+    return (*CSV_COLUMNS, *(key for key in extra if key is not None))
 
 
 def new_record(info: RunInfo) -> RunRecord:
@@ -166,8 +176,9 @@ def read_record(run_dir: Path) -> RunRecord | None:
     return cast(RunRecord, data)
 
 
-def round_line(row: RoundRow, num_rounds: int | None = None) -> str:
-    """Return one readable line about a finished round."""
+def round_line(row: RoundRow, num_rounds: int | None = None,
+               catalog: Catalog = CATALOG) -> str:
+    """Return one readable line about a finished round (metrics: the catalog's ``line``)."""
     parts = [f"round {row.get('round', '?')}" + (f"/{num_rounds}" if num_rounds else ""),
              f"{row.get('wall_s', 0):.1f}s",
              f"{row.get('train_replies', 0)} clients"]
@@ -182,12 +193,11 @@ def round_line(row: RoundRow, num_rounds: int | None = None) -> str:
         parts.append(f"{silent} no reply")
     if row.get("stragglers"):
         parts.append(f"{len(row['stragglers'])} straggling")
-    if row.get("train_loss") is not None:
-        parts.append(f"train loss {row['train_loss']:.4f}")
-    if row.get("eval_accuracy") is not None:
-        parts.append(f"client acc {row['eval_accuracy']:.2%}")
-    if row.get("central_accuracy") is not None:
-        parts.append(f"test acc {row['central_accuracy']:.2%}")
+    values: dict[str, Any] = dict(row)
+    for metric in catalog:
+        value = values.get(metric.round_key or "")
+        if metric.line and isinstance(value, (int, float)):
+            parts.append(f"{metric.line} {value:{metric.line_format}}")
     return " | ".join(parts)
 
 
