@@ -39,9 +39,11 @@ def test_waiting_for_clients_is_bounded() -> None:
 
 
 def test_the_policy_comes_from_the_run_settings() -> None:
-    policy = RoundPolicy.of(RunSettings(num_rounds=7, min_clients=4, min_replies=2,
-                                        client_wait_timeout=9, client_eval="separate"))
+    policy = RoundPolicy.from_settings(RunSettings(
+        num_rounds=7, min_clients=4, min_replies=2, client_wait_timeout=9,
+        client_eval="separate"))
     assert policy == RoundPolicy(7, 4, 9.0, 2, "separate")
+    assert RoundPolicy() == RoundPolicy.from_settings(RunSettings())
 
 
 @pytest.mark.parametrize(("mode", "run_round", "replies", "expected"), [

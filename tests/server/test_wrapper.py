@@ -80,11 +80,9 @@ def _setup(tmp_path: Path, strategy: str = "fedavg", compression: str = "none",
     recorder = RunRecorder(RunFiles(tmp_path), {"run_id": 1, "num_rounds": num_rounds})
     wrapped = FedfleetStrategy(
         make_strategy(settings),
-        intake=Intake(specs, compression, IntakeLimits(
-            settings.max_examples, settings.max_examples_ratio,
-            settings.max_update_norm_ratio)),
+        intake=Intake(specs, compression, IntakeLimits.from_settings(settings)),
         codec=WeightCodec(specs, compression), recorder=recorder,
-        policy=RoundPolicy.of(settings), model=model)
+        policy=RoundPolicy.from_settings(settings), model=model)
     return wrapped, recorder, weights
 
 

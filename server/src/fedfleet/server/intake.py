@@ -53,6 +53,7 @@ from fedfleet.shared.constants import ARRAYS_KEY, METRICS_KEY, NUM_EXAMPLES_KEY
 from fedfleet.shared.errors import FedfleetError, ModelMismatchError
 from fedfleet.shared.npy import read_npy
 from fedfleet.shared.runrecord import ErrorKind
+from fedfleet.shared.settings import RunSettings
 from fedfleet.shared.weights import WeightSpec, check_weights
 
 NUMPY_STYPE = "numpy.ndarray"
@@ -99,12 +100,18 @@ so one reply without a metric never takes it away from the others."""
 
 @dataclass(frozen=True)
 class IntakeLimits:
-    """Per-reply bounds (the run settings of the same names)."""
+    """Per-reply bounds (the run settings of the same names; defaults: RunSettings')."""
 
-    max_examples: int = 100_000
-    max_examples_ratio: float = 3.0
-    max_update_norm_ratio: float = 10.0
+    max_examples: int = RunSettings.max_examples
+    max_examples_ratio: float = RunSettings.max_examples_ratio
+    max_update_norm_ratio: float = RunSettings.max_update_norm_ratio
     max_error_chars: int = 300
+
+    @classmethod
+    def from_settings(cls, settings: RunSettings) -> IntakeLimits:
+        """Return the bounds of a run."""
+        return cls(settings.max_examples, settings.max_examples_ratio,
+                   settings.max_update_norm_ratio)
 
 
 @dataclass(frozen=True)
