@@ -82,7 +82,8 @@ def main(grid: Grid, context: Context) -> None:
             if point is None:
                 raise FedfleetError(f"cannot continue the run in {settings.resume_from}: "
                                     "no unfinished run with a checkpoint there")
-            continue_run(point, context.run_id, model, strategy, recorder)
+            strategy.offset = continue_run(point, context.run_id, model, strategy.inner,
+                                           recorder)
         result = strategy.start(
             grid=PromptGrid(grid, quorum=settings.round_quorum,
                             grace=settings.round_grace,
