@@ -13,7 +13,7 @@ from flwr.app import Error, Message, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
 from fedfleet.server import grid as grid_module
-from fedfleet.server.grid import PromptGrid
+from fedfleet.server.grid import PromptGrid, WrappedGrid
 from fedfleet.server.intake import DEADLINE_CODE
 from fedfleet.server.pace import ALPHA, CLIP, Pace, PaceBook
 from fedfleet.server.progress import ProgressFile, read_progress
@@ -378,3 +378,38 @@ def test_a_paced_round_only_looks_at_its_own_devices(clock: Clock) -> None:
     # Assert
     assert _late(replies[3]) and took == pytest.approx(14.0, abs=0.3)
     assert Counting.reads <= 6
+
+
+class _Recording:
+    """A grid stand-in that records every call and returns its name."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, tuple[object, ...], dict[str, object]]] = []
+        self.run = "the run"
+
+    def __getattr__(self, name: str) -> object:
+        def call(*args: object, **kwargs: object) -> str:
+            self.calls.append((name, args, kwargs))
+            return name
+        return call
+
+
+def test_a_wrapped_grid_passes_every_call_through() -> None:
+    """Each of Flower's Grid methods reaches the wrapped grid unchanged."""
+    # Prepare
+    inner = _Recording()
+    wrapped = WrappedGrid(inner)  # type: ignore[arg-type]
+    message = Message(RecordDict(), dst_node_id=1, message_type="train")
+    # Execute
+    answers = [wrapped.set_run(7), wrapped.create_message(1, key="v"),
+               wrapped.get_node_ids(), wrapped.push_messages([message]),
+               wrapped.pull_messages(["id"]),
+               wrapped.send_and_receive([message], timeout=3.0)]
+    # Assert
+    assert wrapped.run == "the run"
+    assert answers == [None, "create_message", "get_node_ids", "push_messages",
+                       "pull_messages", "send_and_receive"]
+    assert inner.calls == [("set_run", (7,), {}), ("create_message", (1,), {"key": "v"}),
+                           ("get_node_ids", (), {}), ("push_messages", ([message],), {}),
+                           ("pull_messages", (["id"],), {}),
+                           ("send_and_receive", ([message],), {"timeout": 3.0})]
