@@ -310,7 +310,7 @@ class Intake:
             return decode(msg, node)
         except (Reject, FedfleetError) as err:  # messages written for people
             reason = str(err)
-        except Exception as err:  # noqa: BLE001 - one reply must never end the round
+        except Exception as err:  # one reply must never end the round
             reason = f"{type(err).__name__}: {err}" if str(err) else type(err).__name__
         result.rejected.append(Rejection(node, "rejected",
                                          clean_text(reason, self.limits.max_error_chars)))

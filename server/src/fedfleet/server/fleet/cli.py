@@ -246,7 +246,7 @@ def _status_rows(inv: Inventory, ctx: Fleet, names: Sequence[str], parallel: int
                     "error": str(err)}
         try:
             return DeviceEngine(client, spec, ctx).status(nodes, rounds, taken)
-        except Exception as err:  # noqa: BLE001 - one device must not hide the others
+        except Exception as err:  # one device must not hide the others
             return {"device": name, "endpoint": spec.endpoint.url, "reachable": True,
                     "error": f"{type(err).__name__}: {err}"}
         finally:
