@@ -371,7 +371,7 @@ def test_a_paced_round_only_looks_at_its_own_devices(clock: Clock) -> None:
 
         __iter__ = items = values = keys = _whole  # type: ignore[assignment]
 
-    pace._paces = Counting(pace._paces)  # noqa: SLF001 - count the reads
+    pace._paces = Counting(pace._paces)  # count the reads
     # Execute
     replies, took = _send(clock, {1: FAST, 2: FAST, 3: SILENT}, quorum=0.5, grace=1.0,
                           pace=pace)  # type: ignore[arg-type]

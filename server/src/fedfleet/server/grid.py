@@ -227,7 +227,7 @@ class PromptGrid(WrappedGrid):
             resends[node] = resends.get(node, 0) + 1
             try:
                 mid = next(iter(self.push_messages([_copy(away[node][0])])), "")
-            except Exception:  # noqa: BLE001 - it stays away; the round goes on
+            except Exception:  # it stays away; the round goes on
                 continue
             if mid:
                 instruction[mid] = away.pop(node)[0]
