@@ -9,6 +9,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import pytest
+from fakeclock import FakeClock as Clock
 from flwr.app import Error, Message, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
@@ -22,23 +23,10 @@ SILENT = None
 ERROR = -1.0
 
 
-class Clock:
-    """monotonic() and sleep() of a clock that only moves when slept on."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def monotonic(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.now += seconds
-
-
 @pytest.fixture
 def clock(monkeypatch: pytest.MonkeyPatch) -> Iterator[Clock]:
     """Run PromptGrid on a fake clock; Flower messages need a task identity."""
-    fake = Clock()
+    fake = Clock(start=1000.0)
     monkeypatch.setattr(grid_module, "time", fake)
     TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1
     yield fake
