@@ -24,9 +24,9 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "tests"))
-from ports import free_port  # noqa: E402  (re-exported for robustness.py)
+from ports import free_port  # re-exported for robustness.py
 
-from fedfleet.shared.runrecord import read_record  # noqa: E402
+from fedfleet.shared.runrecord import read_record
 
 VENV_BIN = Path(sys.executable).parent
 FEDFLEET = str(VENV_BIN / "fedfleet")

@@ -45,8 +45,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "tests"))
 sys.path.insert(0, str(Path(__file__).parent))
-from ports import free_port  # noqa: E402
-from sampler import Sampler, find_in_tree, growth, sqlite_files  # noqa: E402
+from ports import free_port
+from sampler import Sampler, find_in_tree, growth, sqlite_files
 
 VENV_BIN = Path(sys.executable).parent
 FEDFLEET = str(VENV_BIN / "fedfleet")

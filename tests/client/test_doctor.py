@@ -19,7 +19,7 @@ from fedfleet.shared.keys import create_node_key
 
 def _handler(offset: float) -> type[http.server.BaseHTTPRequestHandler]:
     class Health(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802 - http.server's name
+        def do_GET(self) -> None:  # http.server's name
             self.send_response(200)
             self.send_header("Date", email.utils.formatdate(time.time() + offset,
                                                             usegmt=True))

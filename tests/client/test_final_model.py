@@ -8,20 +8,19 @@ from __future__ import annotations
 
 import hashlib
 import json
-import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+from fakegrid import StubGrid
 from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, RecordDict
-from flwr.serverapp import Grid
 from flwr.supercore.task_identity import TaskIdentity
 from no_tensorflow import no_tensorflow_cli
 
-from fedfleet.client import client_app, worker
+from fedfleet.client import client_app
 from fedfleet.server.delivery import final_model_info, send_final_model
 from fedfleet.shared import delivery
 from fedfleet.shared.errors import ConfigError, ModelMismatchError
@@ -35,14 +34,7 @@ CLASSES = "zero,one,two,three,four,five,six,seven,eight,nine"
 METRICS = {"central_accuracy": 0.93, "central_loss": 0.2}
 
 
-@pytest.fixture(autouse=True)
-def _task_identity() -> Iterator[None]:
-    """Flower refuses to build messages outside a run unless these are set."""
-    TaskIdentity.run_id = 77
-    TaskIdentity.node_id = 0
-    TaskIdentity.task_id = 1
-    yield
-    TaskIdentity.node_id = 0
+pytestmark = pytest.mark.usefixtures("task_identity")
 
 
 @pytest.fixture(scope="module")
@@ -116,18 +108,6 @@ def test_handler_stores_keras_tflite_and_index_in_process(
     _check_stored(tmp_path, weights, reply)
 
 
-@pytest.fixture
-def served(tmp_path: Path) -> Path:
-    """Serve a warm trainer on a socket in a background thread."""
-    path = tmp_path / "trainer.sock"
-    threading.Thread(target=worker.serve, args=(path,), daemon=True).start()
-    for _ in range(200):
-        if path.exists():
-            break
-        time.sleep(0.05)
-    return path
-
-
 def test_handler_stores_through_the_warm_trainer(
         tmp_path: Path, served: Path, weights: list[np.ndarray],
         monkeypatch: pytest.MonkeyPatch) -> None:
@@ -197,7 +177,7 @@ def test_a_device_without_a_home_says_how_to_get_one(
         client_app.app(_message(weights), _context(None))
 
 
-class RoutingGrid(Grid):
+class RoutingGrid(StubGrid):
     """A grid that hands each message to a real ClientApp call, like a SuperLink would.
 
     Nodes in ``silent`` never answer; a ClientApp exception becomes an error reply
@@ -228,13 +208,6 @@ class RoutingGrid(Grid):
 
     def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
         return [self.replies.pop(i) for i in list(message_ids) if i in self.replies]
-
-
-for _name in list(Grid.__abstractmethods__):
-    if not hasattr(RoutingGrid, _name) or _name in Grid.__abstractmethods__ and \
-            _name not in RoutingGrid.__dict__:
-        setattr(RoutingGrid, _name, lambda *a, **k: None)
-RoutingGrid.__abstractmethods__ = frozenset()
 
 
 def test_send_final_model_reports_each_device(

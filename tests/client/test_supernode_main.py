@@ -177,7 +177,7 @@ class _State:
 
 
 class _StateFactory:
-    class objectstore_factory:  # noqa: N801 (Flower's attribute name)
+    class objectstore_factory:  # Flower's attribute name
         @staticmethod
         def store() -> object:
             return object()
@@ -250,7 +250,7 @@ class _FakeFleet(BaseHTTPRequestHandler):
     activations: list[float] = []
     heartbeats: list[float] = []
 
-    def do_POST(self) -> None:  # noqa: N802 (http.server's name)
+    def do_POST(self) -> None:  # http.server's name
         body = self.rfile.read(int(self.headers["Content-Length"]))
         route = self.path.rsplit("/", 1)[1]
         reply: Any
@@ -331,9 +331,9 @@ def test_heartbeats_are_sent_at_the_interval(interval: float) -> None:
 
     sender = connection.HeartbeatSender(beat)
     event = _OneWait()
-    sender._stop_event = event  # noqa: SLF001
+    sender._stop_event = event
     # Execute
-    sender._run()  # noqa: SLF001
+    sender._run()
     # Assert
     (wait,) = event.waits
     assert sent == [True]

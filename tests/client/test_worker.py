@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import signal
 import socket
-import threading
 import time
 from pathlib import Path
 
@@ -69,18 +68,6 @@ def test_a_run_pool_trainer_rebuilds_the_model_for_another_optimizer() -> None:
     # Assert
     assert "sgd_momentum" not in adam
     assert (first_sgd["sgd_momentum"], other["sgd_momentum"]) == (0.5, 0.0)
-
-
-@pytest.fixture
-def served(tmp_path: Path) -> Path:
-    """Serve a worker on a socket in a background thread; return the socket path."""
-    path = tmp_path / "trainer.sock"
-    threading.Thread(target=worker.serve, args=(path,), daemon=True).start()
-    for _ in range(200):
-        if path.exists():
-            break
-        time.sleep(0.05)
-    return path
 
 
 def test_call_trains_and_evaluates_through_the_socket(served: Path) -> None:

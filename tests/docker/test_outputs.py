@@ -32,7 +32,7 @@ def _as_host_user(*cmd: str) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.fixture
-def user_outputs(images: None) -> Iterator[tuple[str, dict[str, str], Path]]:  # noqa: F811
+def user_outputs(images: None) -> Iterator[tuple[str, dict[str, str], Path]]:
     """Yield a compose project whose ./outputs belongs to a non-root host user."""
     if os.geteuid() != 0 or shutil.which("setpriv") is None:
         pytest.skip("needs root (to act as another host user) and setpriv")

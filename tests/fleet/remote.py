@@ -133,7 +133,7 @@ class RemoteDevice:
                 client.ping()
                 client.close()
                 return self
-            except Exception:  # noqa: BLE001 - not up yet
+            except Exception:  # not up yet
                 if self.dockerd.poll() is not None or time.monotonic() > deadline:
                     raise RuntimeError("dockerd did not start: " + self.log()[-2000:]) from None
                 time.sleep(0.5)

@@ -51,7 +51,7 @@ def _problem() -> str | None:
             return f"{tool} not installed (run dev/setup.sh)"
     try:
         docker.from_env().ping()
-    except Exception as err:  # noqa: BLE001
+    except Exception as err:
         return f"no Docker engine: {err}"
     return None
 

@@ -18,7 +18,7 @@ from fleet_helpers import Fleet
 from ports import free_port
 
 sys.path.insert(0, str(Path(__file__).parents[2] / "benchmarks"))
-from sampler import Sampler, find_in_tree, growth  # noqa: E402
+from sampler import Sampler, find_in_tree, growth
 
 pytestmark = pytest.mark.integration
 

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import importlib
+import sys
 from pathlib import Path
+from types import ModuleType
 
 import tomllib
 from flwr.common.config import validate_config
@@ -24,20 +27,23 @@ def test_bundle_is_a_valid_flower_app(tmp_path: Path) -> None:
     assert RunSettings.from_run_config(config["tool"]["flwr"]["app"]["config"]) == settings
 
 
-def test_entry_modules_point_at_installed_apps(tmp_path: Path) -> None:
-    """The bundle's entry modules load the installed ServerApp and ClientApp."""
-    import importlib
-    import sys
-
-    write_bundle(tmp_path, RunSettings())
-    sys.path.insert(0, str(tmp_path))
+def _entry_modules(bundle: Path) -> tuple[ModuleType, ModuleType]:
+    """Import the bundle's server and client entry modules, then forget them again."""
+    sys.path.insert(0, str(bundle))
     try:
         server = importlib.import_module("fedfleet_app.server_app")
         client = importlib.import_module("fedfleet_app.client_app")
     finally:
-        sys.path.remove(str(tmp_path))
+        sys.path.remove(str(bundle))
         for name in [m for m in sys.modules if m.startswith("fedfleet_app")]:
             del sys.modules[name]
+    return server, client
+
+
+def test_entry_modules_point_at_installed_apps(tmp_path: Path) -> None:
+    """The bundle's entry modules load the installed ServerApp and ClientApp."""
+    write_bundle(tmp_path, RunSettings())
+    server, client = _entry_modules(tmp_path)
     from fedfleet.client.client_app import app as client_app
     from fedfleet.server.server_app import app as server_app
 
@@ -47,9 +53,6 @@ def test_entry_modules_point_at_installed_apps(tmp_path: Path) -> None:
 def test_a_simulation_bundle_carries_the_plan_and_the_simulation_entries(
         tmp_path: Path) -> None:
     """Fedfleet simulate's bundle: valid, the plan in its run config, the sim apps."""
-    import importlib
-    import sys
-
     from fedfleet.server.simulation import client_app as sim_client
     from fedfleet.server.simulation import server_app as sim_server
     from fedfleet.server.simulation.plan import RUN_CONFIG_KEY, SimulationPlan
@@ -63,12 +66,5 @@ def test_a_simulation_bundle_carries_the_plan_and_the_simulation_entries(
     run_config = config["tool"]["flwr"]["app"]["config"]
     assert SimulationPlan.from_run_config(run_config) == plan
     assert RunSettings.from_run_config(run_config) == settings
-    sys.path.insert(0, str(tmp_path))
-    try:
-        server = importlib.import_module("fedfleet_app.server_app")
-        client = importlib.import_module("fedfleet_app.client_app")
-    finally:
-        sys.path.remove(str(tmp_path))
-        for name in [m for m in sys.modules if m.startswith("fedfleet_app")]:
-            del sys.modules[name]
+    server, client = _entry_modules(tmp_path)
     assert server.app is sim_server.app and client.app is sim_client.app

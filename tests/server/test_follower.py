@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
-import threading
-import time
 from pathlib import Path
 from typing import Any
 
 import pytest
+from fakeclock import FakeClock
 
+from fedfleet.server import follower as follower_module
 from fedfleet.server.follower import RunFollower
 from fedfleet.shared.errors import FedfleetError
 from fedfleet.shared.runrecord import summary
@@ -49,20 +49,25 @@ def _follower(out: Path, control: FakeControl, lines: list[str]) -> RunFollower:
                        status_every=0.0)
 
 
-def test_each_round_is_printed_once_and_the_record_returned(tmp_path: Path) -> None:
+@pytest.fixture(autouse=True)
+def clock(monkeypatch: pytest.MonkeyPatch) -> FakeClock:
+    """Run the follower on a fake clock: no test here sleeps for real."""
+    fake = FakeClock()
+    monkeypatch.setattr(follower_module, "time", fake)
+    return fake
+
+
+def test_each_round_is_printed_once_and_the_record_returned(tmp_path: Path,
+                                                            clock: FakeClock) -> None:
     """Rounds appear while the run goes on; each is printed exactly once."""
+    # Prepare: a round every 1.2 s, the follower looking every second
     lines: list[str] = []
-
-    def progress() -> None:
-        for done in (1, 2):
-            _write(tmp_path, "running", done)
-            time.sleep(1.2)
-        _write(tmp_path, "completed", 3)
-
-    writer = threading.Thread(target=progress)
-    writer.start()
+    _write(tmp_path, "running", 1)
+    clock.at(1.2, lambda: _write(tmp_path, "running", 2))
+    clock.at(2.4, lambda: _write(tmp_path, "completed", 3))
+    # Execute
     record = _follower(tmp_path, FakeControl(), lines).follow()
-    writer.join()
+    # Assert
     assert record["status"] == "completed"
     assert [line.split(" | ")[0] for line in lines] == ["round 1/3", "round 2/3",
                                                         "round 3/3"]

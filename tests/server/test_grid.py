@@ -9,11 +9,12 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import pytest
+from fakeclock import FakeClock as Clock
 from flwr.app import Error, Message, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
 from fedfleet.server import grid as grid_module
-from fedfleet.server.grid import PromptGrid
+from fedfleet.server.grid import PromptGrid, WrappedGrid
 from fedfleet.server.intake import DEADLINE_CODE
 from fedfleet.server.pace import ALPHA, CLIP, Pace, PaceBook
 from fedfleet.server.progress import ProgressFile, read_progress
@@ -22,23 +23,10 @@ SILENT = None
 ERROR = -1.0
 
 
-class Clock:
-    """monotonic() and sleep() of a clock that only moves when slept on."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def monotonic(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.now += seconds
-
-
 @pytest.fixture
 def clock(monkeypatch: pytest.MonkeyPatch) -> Iterator[Clock]:
     """Run PromptGrid on a fake clock; Flower messages need a task identity."""
-    fake = Clock()
+    fake = Clock(start=1000.0)
     monkeypatch.setattr(grid_module, "time", fake)
     TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1
     yield fake
@@ -371,10 +359,45 @@ def test_a_paced_round_only_looks_at_its_own_devices(clock: Clock) -> None:
 
         __iter__ = items = values = keys = _whole  # type: ignore[assignment]
 
-    pace._paces = Counting(pace._paces)  # noqa: SLF001 - count the reads
+    pace._paces = Counting(pace._paces)  # count the reads
     # Execute
     replies, took = _send(clock, {1: FAST, 2: FAST, 3: SILENT}, quorum=0.5, grace=1.0,
                           pace=pace)  # type: ignore[arg-type]
     # Assert
     assert _late(replies[3]) and took == pytest.approx(14.0, abs=0.3)
     assert Counting.reads <= 6
+
+
+class _Recording:
+    """A grid stand-in that records every call and returns its name."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, tuple[object, ...], dict[str, object]]] = []
+        self.run = "the run"
+
+    def __getattr__(self, name: str) -> object:
+        def call(*args: object, **kwargs: object) -> str:
+            self.calls.append((name, args, kwargs))
+            return name
+        return call
+
+
+def test_a_wrapped_grid_passes_every_call_through() -> None:
+    """Each of Flower's Grid methods reaches the wrapped grid unchanged."""
+    # Prepare
+    inner = _Recording()
+    wrapped = WrappedGrid(inner)  # type: ignore[arg-type]
+    message = Message(RecordDict(), dst_node_id=1, message_type="train")
+    # Execute
+    answers = [wrapped.set_run(7), wrapped.create_message(1, key="v"),
+               wrapped.get_node_ids(), wrapped.push_messages([message]),
+               wrapped.pull_messages(["id"]),
+               wrapped.send_and_receive([message], timeout=3.0)]
+    # Assert
+    assert wrapped.run == "the run"
+    assert answers == [None, "create_message", "get_node_ids", "push_messages",
+                       "pull_messages", "send_and_receive"]
+    assert inner.calls == [("set_run", (7,), {}), ("create_message", (1,), {"key": "v"}),
+                           ("get_node_ids", (), {}), ("push_messages", ([message],), {}),
+                           ("pull_messages", (["id"],), {}),
+                           ("send_and_receive", ([message],), {"timeout": 3.0})]

@@ -23,6 +23,7 @@ from fedfleet.server.intake import (
     lower_median,
 )
 from fedfleet.shared.compression import encode_update
+from fedfleet.shared.settings import RunSettings
 from fedfleet.shared.weights import specs_of
 
 BASE = [np.zeros((4, 3), np.float32), np.zeros(3, np.float32)]
@@ -387,3 +388,9 @@ def test_describe_error() -> None:
         "DataError: bad\nthing"
     assert describe_error("plain") == "plain"
     assert describe_error(None) == "unknown error"
+
+
+def test_the_limits_come_from_the_run_settings() -> None:
+    settings = RunSettings(max_examples=7, max_examples_ratio=2.0, max_update_norm_ratio=0)
+    assert IntakeLimits.from_settings(settings) == IntakeLimits(7, 2.0, 0)
+    assert IntakeLimits() == IntakeLimits.from_settings(RunSettings())

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-
 import pytest
-from flwr.serverapp import Grid
+from fakegrid import NodeGrid
 
 from fedfleet.server.round_policy import RoundPolicy
 from fedfleet.shared.errors import FedfleetError
@@ -13,35 +11,21 @@ from fedfleet.shared.runrecord import RoundRow
 from fedfleet.shared.settings import RunSettings
 
 
-class Nodes(Grid):
-    """A grid that only knows which nodes are connected."""
-
-    def __init__(self, nodes: list[int]) -> None:
-        self.nodes = nodes
-
-    def get_node_ids(self) -> Iterable[int]:
-        return list(self.nodes)
-
-
-for _name in list(Grid.__abstractmethods__):
-    if _name != "get_node_ids":
-        setattr(Nodes, _name, lambda *a, **k: None)
-Nodes.__abstractmethods__ = frozenset()
-
-
 def test_waiting_for_clients_is_bounded() -> None:
     """Too few clients is an error after the timeout, not an endless wait."""
     assert RoundPolicy(min_clients=3, client_wait_timeout=1).wait_for_clients(
-        Nodes([1, 2, 3])) == 3
+        NodeGrid([1, 2, 3])) == 3
     with pytest.raises(FedfleetError, match="only 1 of the 3 clients needed were "
                        "connected after 0s; start more clients or lower --min-clients"):
-        RoundPolicy(min_clients=3, client_wait_timeout=0.5).wait_for_clients(Nodes([1]))
+        RoundPolicy(min_clients=3, client_wait_timeout=0.5).wait_for_clients(NodeGrid([1]))
 
 
 def test_the_policy_comes_from_the_run_settings() -> None:
-    policy = RoundPolicy.of(RunSettings(num_rounds=7, min_clients=4, min_replies=2,
-                                        client_wait_timeout=9, client_eval="separate"))
+    policy = RoundPolicy.from_settings(RunSettings(
+        num_rounds=7, min_clients=4, min_replies=2, client_wait_timeout=9,
+        client_eval="separate"))
     assert policy == RoundPolicy(7, 4, 9.0, 2, "separate")
+    assert RoundPolicy() == RoundPolicy.from_settings(RunSettings())
 
 
 @pytest.mark.parametrize(("mode", "run_round", "replies", "expected"), [

@@ -6,13 +6,11 @@ served before, and a device ClientApp ignores the plan.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 import pytest
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
-from flwr.supercore.task_identity import TaskIdentity
 
 from fedfleet.client import client_app as device_app
 from fedfleet.server.simulation import client_app as sim_app
@@ -25,14 +23,7 @@ PLAN = SimulationPlan(devices=4, data=("builtin:digits",))
 RUN_CONFIG = {**SETTINGS.to_run_config(), RUN_CONFIG_KEY: PLAN.to_json()}
 
 
-@pytest.fixture(autouse=True)
-def _task_identity() -> Iterator[None]:
-    """Flower refuses to build messages outside a run unless these are set."""
-    TaskIdentity.run_id = 77
-    TaskIdentity.node_id = 0
-    TaskIdentity.task_id = 1
-    yield
-    TaskIdentity.node_id = 0
+pytestmark = pytest.mark.usefixtures("task_identity")
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -25,14 +25,7 @@ from fedfleet.server.simulation.plan import (
 )
 from fedfleet.shared.errors import ConfigError
 
-
-@pytest.fixture(autouse=True)
-def _task_identity() -> Iterator[None]:
-    """Flower refuses to build messages outside a run unless these are set."""
-    TaskIdentity.run_id = 77
-    TaskIdentity.node_id = 0
-    TaskIdentity.task_id = 1
-    yield
+pytestmark = pytest.mark.usefixtures("task_identity")
 
 
 def test_a_partitioned_device_gets_its_partition_and_nothing_else() -> None:

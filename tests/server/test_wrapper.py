@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
 import pytest
+from fakegrid import NodeGrid
 from flwr.app import ArrayRecord, ConfigRecord, Error, Message, MetricRecord, RecordDict
-from flwr.serverapp import Grid
 from flwr.supercore.task_identity import TaskIdentity
 
 from fedfleet.server.codec import WeightCodec
@@ -26,31 +26,7 @@ from fedfleet.shared.runrecord import CentralScores, read_record, round_line
 from fedfleet.shared.settings import RunSettings
 from fedfleet.shared.weights import specs_of
 
-
-class FakeGrid(Grid):
-    """A grid with fixed node IDs; only what strategies call while configuring."""
-
-    def __init__(self, nodes: list[int]) -> None:
-        self.nodes = nodes
-
-    def get_node_ids(self) -> Iterable[int]:
-        return list(self.nodes)
-
-
-for _name in list(Grid.__abstractmethods__):
-    if _name != "get_node_ids":
-        setattr(FakeGrid, _name, lambda *a, **k: None)
-FakeGrid.__abstractmethods__ = frozenset()
-
-
-@pytest.fixture(autouse=True)
-def _task_identity() -> Iterator[None]:
-    """Flower refuses to build messages outside a run unless these are set."""
-    TaskIdentity.run_id = 1
-    TaskIdentity.node_id = 0
-    TaskIdentity.task_id = 1
-    yield
-    TaskIdentity.node_id = 0
+pytestmark = pytest.mark.usefixtures("task_identity")
 
 
 def _reply(to: Message, node: int, arrays: list[np.ndarray] | None,
@@ -80,11 +56,9 @@ def _setup(tmp_path: Path, strategy: str = "fedavg", compression: str = "none",
     recorder = RunRecorder(RunFiles(tmp_path), {"run_id": 1, "num_rounds": num_rounds})
     wrapped = FedfleetStrategy(
         make_strategy(settings),
-        intake=Intake(specs, compression, IntakeLimits(
-            settings.max_examples, settings.max_examples_ratio,
-            settings.max_update_norm_ratio)),
+        intake=Intake(specs, compression, IntakeLimits.from_settings(settings)),
         codec=WeightCodec(specs, compression), recorder=recorder,
-        policy=RoundPolicy.of(settings), model=model)
+        policy=RoundPolicy.from_settings(settings), model=model)
     return wrapped, recorder, weights
 
 
@@ -97,7 +71,7 @@ def _end_round(strategy: FedfleetStrategy, server_round: int, arrays: ArrayRecor
 def test_round_with_a_bad_reply_aggregates_the_good_ones(tmp_path: Path) -> None:
     """Wrong shapes and client errors are recorded and left out; the rest averages."""
     strategy, recorder, weights = _setup(tmp_path)
-    grid = FakeGrid([11, 12, 13, 14])
+    grid = NodeGrid([11, 12, 13, 14])
     msgs = sorted(strategy.configure_train(1, ArrayRecord(weights), ConfigRecord(), grid),
                   key=lambda m: m.metadata.dst_node_id)
     assert [m.metadata.dst_node_id for m in msgs] == [11, 12, 13, 14]
@@ -136,7 +110,7 @@ def test_round_with_a_bad_reply_aggregates_the_good_ones(tmp_path: Path) -> None
 def test_a_round_where_nobody_could_train_stops_the_run(tmp_path: Path) -> None:
     """If every reply failed, the run ends with the clients' reasons."""
     strategy, recorder, weights = _setup(tmp_path)
-    grid = FakeGrid([21, 22])
+    grid = NodeGrid([21, 22])
     msgs = list(strategy.configure_train(1, ArrayRecord(weights), ConfigRecord(), grid))
     replies = [_error(m, m.metadata.dst_node_id,
                       "<class 'fedfleet.shared.errors.DataError'>:<'/data: empty'>")
@@ -160,7 +134,7 @@ def test_recorder_writes_status(tmp_path: Path) -> None:
 def test_int8_updates_are_decoded_before_aggregation(tmp_path: Path) -> None:
     """Compressed runs send packed float16 down and rebuild float32 weights from int8."""
     strategy, recorder, weights = _setup(tmp_path, compression="int8")
-    grid = FakeGrid([1, 2])
+    grid = NodeGrid([1, 2])
     msgs = list(strategy.configure_train(1, ArrayRecord(weights), ConfigRecord(), grid))
     sent = decode_weights(msgs[0].content["arrays"].to_numpy_ndarrays(), "int8")
     for got, want in zip(sent, weights, strict=True):
@@ -180,7 +154,7 @@ def test_int8_updates_are_decoded_before_aggregation(tmp_path: Path) -> None:
 def test_evaluation_in_train_replies_lands_on_the_previous_round(tmp_path: Path) -> None:
     """Scores of the received model are filed under the round that produced it."""
     strategy, recorder, weights = _setup(tmp_path, num_rounds=3)
-    grid = FakeGrid([1, 2])
+    grid = NodeGrid([1, 2])
     arrays = ArrayRecord(weights)
     for rnd, scores in ((1, (0.1, 0.2)), (2, (0.6, 0.9))):
         msgs = sorted(strategy.configure_train(rnd, arrays, ConfigRecord(), grid),
@@ -203,7 +177,7 @@ def test_evaluation_in_train_replies_lands_on_the_previous_round(tmp_path: Path)
 def test_poisoned_and_broken_updates_are_rejected_with_reasons(tmp_path: Path) -> None:
     """NaN, a x1000 update and a bogus example count are left out; the model stays sane."""
     strategy, recorder, weights = _setup(tmp_path)
-    grid = FakeGrid([31, 32, 33, 34, 35, 36])
+    grid = NodeGrid([31, 32, 33, 34, 35, 36])
     msgs = sorted(strategy.configure_train(1, ArrayRecord(weights), ConfigRecord(), grid),
                   key=lambda m: m.metadata.dst_node_id)
     rng = np.random.default_rng(0)
@@ -236,7 +210,7 @@ def test_poisoned_and_broken_updates_are_rejected_with_reasons(tmp_path: Path) -
 def test_server_optimizers_hand_back_the_models_dtypes(tmp_path: Path) -> None:
     """FedAdam computes in float64; the next round's model must be float32 again."""
     strategy, _, weights = _setup(tmp_path, strategy="fedadam")
-    grid = FakeGrid([41, 42])
+    grid = NodeGrid([41, 42])
     msgs = list(strategy.configure_train(1, ArrayRecord(weights), ConfigRecord(), grid))
     replies = [_reply(m, m.metadata.dst_node_id, [w + 0.1 for w in weights],
                       {"num-examples": 10}) for m in msgs]
@@ -248,7 +222,7 @@ def test_server_optimizers_hand_back_the_models_dtypes(tmp_path: Path) -> None:
 def test_too_few_usable_replies_end_the_run_with_reasons(tmp_path: Path) -> None:
     """With --min-replies 2 and one usable reply, nothing is aggregated; the reason says so."""
     strategy, recorder, weights = _setup(tmp_path, min_replies=2)
-    grid = FakeGrid([51, 52])
+    grid = NodeGrid([51, 52])
     msgs = sorted(strategy.configure_train(1, ArrayRecord(weights), ConfigRecord(), grid),
                   key=lambda m: m.metadata.dst_node_id)
     replies = [_reply(msgs[0], 51, weights, {"num-examples": 10}),
@@ -262,7 +236,7 @@ def test_too_few_usable_replies_end_the_run_with_reasons(tmp_path: Path) -> None
 def test_replies_with_different_metric_keys_still_aggregate(tmp_path: Path) -> None:
     """One client sends an extra metric: the round aggregates on the shared keys."""
     strategy, recorder, weights = _setup(tmp_path)
-    grid = FakeGrid([61, 62])
+    grid = NodeGrid([61, 62])
     msgs = sorted(strategy.configure_train(1, ArrayRecord(weights), ConfigRecord(), grid),
                   key=lambda m: m.metadata.dst_node_id)
     replies = [_reply(msgs[0], 61, weights, {"num-examples": 10, "train_loss": 1.0,
@@ -289,7 +263,7 @@ def test_the_strategy_sees_only_messages_the_intake_built(
 
     monkeypatch.setattr(FedAvg, "aggregate_train", spy)
     strategy, recorder, weights = _setup(tmp_path)
-    grid = FakeGrid([71, 72, 73])
+    grid = NodeGrid([71, 72, 73])
     msgs = sorted(strategy.configure_train(1, ArrayRecord(weights), ConfigRecord(), grid),
                   key=lambda m: m.metadata.dst_node_id)
     lying = _reply(msgs[0], 71, weights, {"num-examples": 10, "global_eval_loss": 0.3,

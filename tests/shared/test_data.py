@@ -17,6 +17,7 @@ from fedfleet.shared.data import (
     split_holdout,
 )
 from fedfleet.shared.errors import ConfigError, DataError
+from fedfleet.shared.predict import read_inputs
 
 
 def _write_png(path: Path, pixels: np.ndarray) -> None:
@@ -204,3 +205,26 @@ def test_split_holdout_keeps_both_sides() -> None:
     assert sorted(np.concatenate([y_tr, y_ev]).tolist()) == list(range(10))
     with pytest.raises(DataError, match="empty"):
         split_holdout(x[:0], y[:0], 0.2, seed=0)
+
+
+@pytest.mark.parametrize("text", ["a,label\n1,0,3\n", "a,label\nx,1\n", "a,label\n"])
+def test_predict_reads_csv_with_the_same_parser(tmp_path: Path, text: str) -> None:
+    """A CSV defect reads the same in training data and in ``fedfleet predict``'s inputs."""
+    # Prepare
+    path = tmp_path / "d.csv"
+    path.write_text(text)
+    # Execute
+    with pytest.raises(DataError) as training:
+        load_dataset(str(path))
+    with pytest.raises(DataError) as predicting:
+        read_inputs([str(path)], (1,))
+    # Assert
+    assert str(training.value) == str(predicting.value)
+
+
+def test_csv_line_numbers_count_blank_lines(tmp_path: Path) -> None:
+    """The line named is the file's line, blank lines included."""
+    path = tmp_path / "d.csv"
+    path.write_text("a,label\n1,0\n\nx,1\n")
+    with pytest.raises(DataError, match=r"d.csv:4: non-numeric"):
+        load_dataset(str(path))

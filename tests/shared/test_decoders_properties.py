@@ -35,7 +35,7 @@ def _peak(func: Callable[[], Any]) -> tuple[Any, int]:
     tracemalloc.start()
     try:
         result: Any = func()
-    except Exception as err:  # noqa: BLE001 - the caller checks which one it was
+    except Exception as err:  # the caller checks which one it was
         result = err
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()

@@ -27,7 +27,7 @@ from fedfleet.shared.serverstatus import (
 
 
 class _Health(http.server.BaseHTTPRequestHandler):
-    def do_GET(self) -> None:  # noqa: N802 - http.server's name
+    def do_GET(self) -> None:  # http.server's name
         self.send_response(200 if self.path == "/health" else 404)
         self.end_headers()
 

@@ -152,7 +152,7 @@ def node_heartbeat_sender(interval: float) -> type:
     ``HEARTBEAT_DEFAULT_INTERVAL`` bound to ``interval``.
     """
     sender: Any = _module(HEARTBEAT_MODULE).HeartbeatSender
-    run = _with_globals(sender._run, **{HEARTBEAT_NAME: interval})  # noqa: SLF001
+    run = _with_globals(sender._run, **{HEARTBEAT_NAME: interval})
     return type("NodeHeartbeatSender", (sender,), {"_run": run,
                                                     "heartbeat_interval": interval})
 
@@ -208,7 +208,7 @@ def _check_heartbeat() -> None:
             f"http_request_response no longer sends {HEARTBEAT_NAME} exactly in "
             f"{' and '.join(HEARTBEAT_REQUESTS)} (found {announced})"))
     senders = [node for node in ast.walk(function) if _is_call(node, "HeartbeatSender")]
-    run = heartbeat.HeartbeatSender._run  # noqa: SLF001
+    run = heartbeat.HeartbeatSender._run
     run_source = textwrap.dedent(inspect.getsource(run))
     if (len(senders) != 1 or run.__closure__ is not None
             or HEARTBEAT_NAME not in run.__code__.co_names

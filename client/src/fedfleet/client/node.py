@@ -25,6 +25,7 @@ from fedfleet.client.flower_patch import (
 from fedfleet.client.nodedata import NodeData
 from fedfleet.client.supervisor import WorkerSupervisor
 from fedfleet.shared import process
+from fedfleet.shared.constants import SUPERNODE_PORT
 from fedfleet.shared.errors import DataError, FedfleetError
 from fedfleet.shared.tether import tethered
 
@@ -41,7 +42,7 @@ class JoinOptions:
     insecure: bool = False
     root_certificates: Path | None = None
     node_key: Path | None = None
-    runtime_port: int = 9094
+    runtime_port: int = SUPERNODE_PORT
     connect_timeout: float = 120.0
     data_retry: float = 0.0  # > 0: on bad data, report and check again this often
     warm_trainer: bool = True

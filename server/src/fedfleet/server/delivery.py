@@ -122,7 +122,7 @@ def deliver_final_model(grid: Grid, recorder: RunRecorder, arrays: ArrayRecord,
     nodes = sorted({int(n) for row in record["rounds"] for n in contributors(row)})
     try:
         outcomes = send_final_model(grid, nodes, arrays, final_model_info(record), timeout)
-    except Exception as err:  # noqa: BLE001 - the run itself has succeeded
+    except Exception as err:  # the run itself has succeeded
         log.warning("Could not send the final model to the devices: %s: %s",
                     type(err).__name__, err)
         outcomes = dict.fromkeys(nodes, f"failed: {type(err).__name__}: {err}")

@@ -62,26 +62,16 @@ MAX_RESENDS = 3
 """Times one message is sent again in a round to a device that went away and came back."""
 
 
-class PromptGrid(Grid):
-    """Delegates to ``grid``; ``send_and_receive`` polls and closes rounds early."""
+class WrappedGrid(Grid):
+    """A grid that passes every call through to the ``grid`` it wraps.
 
-    def __init__(self, grid: Grid, poll: float = DEFAULT_POLL, quorum: float = 1.0,
-                 grace: float = 1.0, min_grace: float = MIN_GRACE,
-                 progress: ProgressFile | None = None, pace: PaceBook | None = None
-                 ) -> None:
-        """Wrap ``grid``; ``quorum`` 1.0 waits for every device (up to the timeout).
+    Subclasses override what they change (:class:`PromptGrid`,
+    :class:`~fedfleet.server.simulation.availability.AvailabilityGrid`).
+    """
 
-        ``progress`` hears of instructions sent and replies received, for live views;
-        ``pace`` (the paced deadline) learns each device's reply time and may keep a
-        round open after the quorum for the devices it expects.
-        """
+    def __init__(self, grid: Grid) -> None:
+        """Wrap ``grid``."""
         self._grid = grid
-        self._poll = poll
-        self._quorum = quorum
-        self._grace = grace
-        self._min_grace = min_grace
-        self._progress = progress
-        self.pace = pace
 
     def set_run(self, run: Any) -> None:
         """Pass through."""
@@ -96,16 +86,6 @@ class PromptGrid(Grid):
         """Pass through."""
         return self._grid.create_message(*args, **kwargs)
 
-    def round_started(self, run_round: int) -> None:
-        """Tell the wrapped grid which run round starts, if it wants to know.
-
-        (The simulation's availability grid does: which virtual devices are online
-        depends on the round.)
-        """
-        started = getattr(self._grid, "round_started", None)
-        if callable(started):
-            started(run_round)
-
     def get_node_ids(self) -> Iterable[int]:
         """Pass through."""
         return self._grid.get_node_ids()
@@ -117,6 +97,43 @@ class PromptGrid(Grid):
     def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
         """Pass through."""
         return self._grid.pull_messages(message_ids)
+
+    def send_and_receive(self, messages: Iterable[Message], *,
+                         timeout: float | None = None) -> Iterable[Message]:
+        """Pass through."""
+        return self._grid.send_and_receive(messages, timeout=timeout)
+
+
+class PromptGrid(WrappedGrid):
+    """Delegates to ``grid``; ``send_and_receive`` polls and closes rounds early."""
+
+    def __init__(self, grid: Grid, poll: float = DEFAULT_POLL, quorum: float = 1.0,
+                 grace: float = 1.0, min_grace: float = MIN_GRACE,
+                 progress: ProgressFile | None = None, pace: PaceBook | None = None
+                 ) -> None:
+        """Wrap ``grid``; ``quorum`` 1.0 waits for every device (up to the timeout).
+
+        ``progress`` hears of instructions sent and replies received, for live views;
+        ``pace`` (the paced deadline) learns each device's reply time and may keep a
+        round open after the quorum for the devices it expects.
+        """
+        super().__init__(grid)
+        self._poll = poll
+        self._quorum = quorum
+        self._grace = grace
+        self._min_grace = min_grace
+        self._progress = progress
+        self.pace = pace
+
+    def round_started(self, run_round: int) -> None:
+        """Tell the wrapped grid which run round starts, if it wants to know.
+
+        (The simulation's availability grid does: which virtual devices are online
+        depends on the round.)
+        """
+        started = getattr(self._grid, "round_started", None)
+        if callable(started):
+            started(run_round)
 
     def send_and_receive(self, messages: Iterable[Message], *,
                          timeout: float | None = None) -> Iterable[Message]:
@@ -210,7 +227,7 @@ class PromptGrid(Grid):
             resends[node] = resends.get(node, 0) + 1
             try:
                 mid = next(iter(self.push_messages([_copy(away[node][0])])), "")
-            except Exception:  # noqa: BLE001 - it stays away; the round goes on
+            except Exception:  # it stays away; the round goes on
                 continue
             if mid:
                 instruction[mid] = away.pop(node)[0]

@@ -57,6 +57,7 @@ from fedfleet.shared.constants import ARRAYS_KEY, METRICS_KEY, NUM_EXAMPLES_KEY
 from fedfleet.shared.errors import FedfleetError
 from fedfleet.shared.metrics import CATALOG, GLOBAL_EVAL, Catalog, Phase, finite, show
 from fedfleet.shared.runrecord import ErrorKind
+from fedfleet.shared.settings import RunSettings
 from fedfleet.shared.weights import WeightSpec, check_weights
 
 __all__ = ["DEADLINE_CODE", "DEADLINE_REASON", "AGGREGATED_EVALUATE", "AGGREGATED_TRAIN",
@@ -78,12 +79,18 @@ takes it away from the others."""
 
 @dataclass(frozen=True)
 class IntakeLimits:
-    """Per-reply bounds (the run settings of the same names)."""
+    """Per-reply bounds (the run settings of the same names; defaults: RunSettings')."""
 
-    max_examples: int = 100_000
-    max_examples_ratio: float = 3.0
-    max_update_norm_ratio: float = 10.0
+    max_examples: int = RunSettings.max_examples
+    max_examples_ratio: float = RunSettings.max_examples_ratio
+    max_update_norm_ratio: float = RunSettings.max_update_norm_ratio
     max_error_chars: int = 300
+
+    @classmethod
+    def from_settings(cls, settings: RunSettings) -> IntakeLimits:
+        """Return the bounds of a run."""
+        return cls(settings.max_examples, settings.max_examples_ratio,
+                   settings.max_update_norm_ratio)
 
 
 @dataclass(frozen=True)
@@ -268,7 +275,7 @@ class Intake:
             return decode(msg, node)
         except (Reject, FedfleetError) as err:  # messages written for people
             reason = str(err)
-        except Exception as err:  # noqa: BLE001 - one reply must never end the round
+        except Exception as err:  # one reply must never end the round
             reason = f"{type(err).__name__}: {err}" if str(err) else type(err).__name__
         result.rejected.append(Rejection(node, "rejected",
                                          clean_text(reason, self.limits.max_error_chars)))

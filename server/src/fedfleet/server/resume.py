@@ -9,8 +9,9 @@ has three steps, all here:
    whose record still says ``running`` although its SuperLink died with the last
    server; :func:`continuation` gives the settings of the run that continues it.
 2. **Continue** (the new run's ServerApp): :func:`continue_run` loads the last
-   checkpoint and strategy state, sets the strategy's round offset, carries the
-   history over and links the two records (``resumed_from`` / ``continued_by``).
+   checkpoint and strategy state, carries the history over, links the two records
+   (``resumed_from`` / ``continued_by``) and returns the round offset, which the
+   ServerApp gives the strategy wrapper.
 3. **Keep state** (after every round): :func:`save_strategy_state`.
 """
 
@@ -29,9 +30,8 @@ from fedfleet.shared.atomic import copy_atomic, save_atomic
 from fedfleet.shared.runrecord import RunRecord, read_record
 from fedfleet.shared.settings import RunSettings, Scalar
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # not imported at run time: `fedfleet server` decides without it
     from fedfleet.server.recorder import RunRecorder
-    from fedfleet.server.wrapper import FedfleetStrategy
 
 log = logging.getLogger("fedfleet")
 
@@ -131,22 +131,22 @@ def continuation(point: ResumePoint) -> RunSettings:
         resume_from=str(point.run_dir.resolve()))
 
 
-def continue_run(point: ResumePoint, run_id: int, model: Any,
-                 strategy: FedfleetStrategy, recorder: RunRecorder) -> None:
-    """Start the run ``run_id`` where ``point`` stopped.
+def continue_run(point: ResumePoint, run_id: int, model: Any, strategy: object,
+                 recorder: RunRecorder) -> int:
+    """Start the run ``run_id`` where ``point`` stopped; return its round offset.
 
-    The model gets the last checkpoint's weights and the strategy its state and round
-    offset; the new record carries the history over, and the interrupted record is
-    marked ``interrupted`` and ``continued_by`` this run. The starting checkpoint and
-    state are copied into the new run's folder, so a second crash before the next
-    round can resume too.
+    The model gets the last checkpoint's weights and the (Flower) strategy its state;
+    the new record carries the history over, and the interrupted record is marked
+    ``interrupted`` and ``continued_by`` this run. The starting checkpoint and state
+    are copied into the new run's folder, so a second crash before the next round can
+    resume too. The caller starts the rounds after the returned offset
+    (``FedfleetStrategy.offset``).
     """
     import keras
 
     model.set_weights(keras.models.load_model(point.checkpoint).get_weights())
     if point.state.exists():
-        restore_strategy_state(strategy.inner, point.state)
-    strategy.offset = point.last_round
+        restore_strategy_state(strategy, point.state)
     files = recorder.files
     if files is not None:
         copy_atomic(point.checkpoint, files.checkpoint(point.last_round))
@@ -164,3 +164,4 @@ def continue_run(point: ResumePoint, run_id: int, model: Any,
                            "continued_by": run_id}
     RunFiles(point.run_dir).write_record(previous)
     log.info("Continuing run %s after its round %d", point.run_id, point.last_round)
+    return point.last_round

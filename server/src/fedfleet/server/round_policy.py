@@ -29,16 +29,16 @@ log = logging.getLogger("fedfleet")
 
 @dataclass(frozen=True)
 class RoundPolicy:
-    """The run settings that decide the above."""
+    """The run settings that decide the above (defaults: :class:`RunSettings`')."""
 
-    num_rounds: int = 10
-    min_clients: int = 2
-    client_wait_timeout: float = 300.0
-    min_replies: int = 1
-    client_eval: str = "with-train"
+    num_rounds: int = RunSettings.num_rounds
+    min_clients: int = RunSettings.min_clients
+    client_wait_timeout: float = RunSettings.client_wait_timeout
+    min_replies: int = RunSettings.min_replies
+    client_eval: str = RunSettings.client_eval
 
     @classmethod
-    def of(cls, settings: RunSettings) -> RoundPolicy:
+    def from_settings(cls, settings: RunSettings) -> RoundPolicy:
         """Return the policy of a run."""
         return cls(settings.num_rounds, settings.min_clients,
                    settings.client_wait_timeout, settings.min_replies,

@@ -72,18 +72,18 @@ def main(grid: Grid, context: Context) -> None:
     try:
         strategy = FedfleetStrategy(
             make_strategy(settings),
-            intake=Intake(specs, settings.compression, IntakeLimits(
-                settings.max_examples, settings.max_examples_ratio,
-                settings.max_update_norm_ratio)),
+            intake=Intake(specs, settings.compression,
+                          IntakeLimits.from_settings(settings)),
             codec=WeightCodec(specs, settings.compression),
-            recorder=recorder, policy=RoundPolicy.of(settings), model=model,
+            recorder=recorder, policy=RoundPolicy.from_settings(settings), model=model,
             progress=progress, watch=watch)
         if settings.resume_from:
             point = resume_point(Path(settings.resume_from))
             if point is None:
                 raise FedfleetError(f"cannot continue the run in {settings.resume_from}: "
                                     "no unfinished run with a checkpoint there")
-            continue_run(point, context.run_id, model, strategy, recorder)
+            strategy.offset = continue_run(point, context.run_id, model, strategy.inner,
+                                           recorder)
         result = strategy.start(
             grid=PromptGrid(grid, quorum=settings.round_quorum,
                             grace=settings.round_grace,

@@ -30,7 +30,7 @@ STALL_AFTER = 300.0
 
 def server_healthy(port: int = SUPERLINK_PORT) -> bool:
     """Return True if the SuperLink on 127.0.0.1:``port`` answers ``/health``."""
-    unverified = ssl._create_unverified_context()  # noqa: S323 - loopback liveness only
+    unverified = ssl._create_unverified_context()  # loopback liveness only
     for scheme in ("http", "https"):
         try:
             with urllib.request.urlopen(f"{scheme}://127.0.0.1:{port}/health", timeout=3,

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import zipfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,10 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from fedfleet.shared.data.loaders import read_csv_rows
+from fedfleet.shared.data.formats import IMAGE_SUFFIXES, as_samples, read_csv_samples, read_npz
 from fedfleet.shared.errors import DataError, FedfleetError
-
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
 
 
 @dataclass(frozen=True)
@@ -120,12 +117,6 @@ def run_tflite(path: Path, x: np.ndarray) -> np.ndarray:
     return TFLiteModel(path)(x)
 
 
-def _scale(x: np.ndarray) -> np.ndarray:
-    integer = np.issubdtype(x.dtype, np.integer)
-    x = x.astype(np.float32)
-    return x / 255.0 if integer else x
-
-
 def _read_image(path: Path, shape: tuple[int, ...]) -> np.ndarray:
     try:
         from PIL import Image, UnidentifiedImageError
@@ -145,44 +136,18 @@ def _read_image(path: Path, shape: tuple[int, ...]) -> np.ndarray:
             array = np.asarray(pixels, dtype=np.uint8)
     except (OSError, UnidentifiedImageError) as err:
         raise DataError(f"{path}: not a readable image ({err})") from err
-    return _scale(array.reshape(height, width, channels))
+    return as_samples(array.reshape(height, width, channels), path)
 
 
 def _read_csv(path: Path, shape: tuple[int, ...], label_column: str
               ) -> tuple[np.ndarray, list[str]]:
-    rows = read_csv_rows(path)
-    header = rows[0]
-    keep = [i for i, name in enumerate(header) if name != label_column]
-    samples, names = [], []
-    for line_no, row in enumerate(rows[1:], start=2):
-        if not row:
-            continue
-        if len(row) != len(header):
-            raise DataError(f"{path}:{line_no}: {len(row)} fields, header has {len(header)}")
-        try:
-            samples.append([float(row[i]) for i in keep])
-        except ValueError as err:
-            raise DataError(f"{path}:{line_no}: non-numeric feature ({err})") from err
-        names.append(f"{path.name}:{line_no}")
-    if not samples:
-        raise DataError(f"{path}: no data rows")
-    x = np.asarray(samples, dtype=np.float32)
-    return _fit(x, shape, path), names
+    samples = read_csv_samples(path, label_column, labelled=False)
+    return _fit(samples.x, shape, path), [f"{path.name}:{n}" for n in samples.lines]
 
 
 def _read_npz(path: Path, shape: tuple[int, ...]) -> tuple[np.ndarray, list[str]]:
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            key = next((k for k in ("x", "x_test", "x_train") if k in data.files), None)
-            if key is None:
-                raise DataError(f"{path}: expected an array 'x' (or 'x_test', 'x_train'), "
-                                f"found {sorted(data.files) or 'none'}")
-            x = data[key]
-    except (OSError, ValueError, zipfile.BadZipFile) as err:
-        raise DataError(f"{path}: not a readable .npz file ({err})") from err
-    if not np.issubdtype(x.dtype, np.number):
-        raise DataError(f"{path}: samples are {x.dtype}, not numbers")
-    return _fit(_scale(x), shape, path), [f"{path.name}[{i}]" for i in range(len(x))]
+    (x,) = read_npz(path, (("x",), ("x_test",), ("x_train",)))
+    return _fit(as_samples(x, path), shape, path), [f"{path.name}[{i}]" for i in range(len(x))]
 
 
 def _fit(x: np.ndarray, shape: tuple[int, ...], source: Path) -> np.ndarray:

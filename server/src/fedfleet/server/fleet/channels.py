@@ -61,7 +61,7 @@ def connect(endpoint: Endpoint, timeout: float = 60.0) -> docker.DockerClient:
     probe = _build(endpoint, API_FLOOR, timeout)
     try:
         version = probe.api.version(api_version=False)
-    except Exception as err:  # noqa: BLE001 - every failure becomes one line
+    except Exception as err:  # every failure becomes one line
         raise ChannelError(explain(endpoint, err, probe)) from None
     finally:
         probe.close()
@@ -98,7 +98,7 @@ def _build(endpoint: Endpoint, version: str, timeout: float) -> docker.DockerCli
                              timeout)
         client.api.mount("http+docker://ssh", adapter)
         client.api.base_url = "http+docker://ssh"
-        client.api._custom_adapter = adapter  # noqa: SLF001 - closed with the client
+        client.api._custom_adapter = adapter  # closed with the client
     else:  # pragma: no cover - the inventory rejects other schemes
         raise ChannelError(f"{endpoint.url}: unknown endpoint scheme")
     client.api.trust_env = False  # REQUESTS_CA_BUNDLE must not replace the inventory's CA
@@ -308,7 +308,7 @@ class _SshPool(urllib3.connectionpool.HTTPConnectionPool):
         try:
             assert self.pool is not None
             conn = self.pool.get(block=False)
-        except Exception:  # noqa: BLE001 - empty or closed pool: make a new one
+        except Exception:  # empty or closed pool: make a new one
             conn = None
         if conn is not None and conn.sock is not None and \
                 conn.sock.proc is not None and conn.sock.proc.poll() is not None:
@@ -356,5 +356,5 @@ def close_quietly(client: docker.DockerClient | None) -> None:
         return
     try:
         client.close()
-    except Exception:  # noqa: BLE001, S110 - closing must not mask the real outcome
+    except Exception:  # closing must not mask the real outcome
         pass

@@ -75,7 +75,7 @@ def run_all(names: Sequence[str], job: Job, parallel: int, board: Board) -> list
             outcome = job(name, say)
         except FedfleetError as err:
             outcome = Outcome(name, False, False, str(err))
-        except Exception as err:  # noqa: BLE001 - one device must not end the others
+        except Exception as err:  # one device must not end the others
             log.debug("device %s", name, exc_info=True)
             outcome = Outcome(name, False, False, f"unexpected {type(err).__name__}: {err}")
         outcome.seconds = time.monotonic() - started

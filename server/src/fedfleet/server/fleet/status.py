@@ -126,7 +126,7 @@ def gather(inventory: Inventory, fleet: Fleet, names: Sequence[str], parallel: i
                     "error": str(err)}
         try:
             return device_status(Device(client, spec, fleet), nodes, rounds, taken)
-        except Exception as err:  # noqa: BLE001 - one device must not hide the others
+        except Exception as err:  # one device must not hide the others
             return {"device": name, "endpoint": spec.endpoint.url, "reachable": True,
                     "error": f"{type(err).__name__}: {err}"}
         finally:

@@ -22,6 +22,7 @@ from typing import Any
 from flwr.app import ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid
 
+from fedfleet.server.grid import WrappedGrid
 from fedfleet.server.simulation.plan import DEVICE_KEY, QUERY_ACTION, SimulationPlan
 from fedfleet.shared.atomic import write_atomic
 from fedfleet.shared.errors import FedfleetError
@@ -33,13 +34,13 @@ MAPPING_TIMEOUT = 300.0
 """Seconds the one-time "which device are you" round may take."""
 
 
-class AvailabilityGrid(Grid):
+class AvailabilityGrid(WrappedGrid):
     """Delegates to ``grid``; ``get_node_ids`` returns only this round's online devices."""
 
     def __init__(self, grid: Grid, plan: SimulationPlan, directory: Path | None = None
                  ) -> None:
         """Wrap ``grid``; ``directory`` (the run's folder) gets ``simulation.json``."""
-        self._grid = grid
+        super().__init__(grid)
         self.plan = plan
         self._directory = directory
         self.run_round = 1
@@ -103,34 +104,6 @@ class AvailabilityGrid(Grid):
                   "rounds": self.rounds,
                   "nodes": {str(n): d for n, d in sorted(self.devices.items())}}
         write_atomic(self._directory / SIMULATION_JSON, json.dumps(record, indent=1))
-
-    # Everything else passes through.
-
-    def set_run(self, run: Any) -> None:
-        """Pass through."""
-        self._grid.set_run(run)
-
-    @property
-    def run(self) -> Any:
-        """Pass through."""
-        return self._grid.run
-
-    def create_message(self, *args: Any, **kwargs: Any) -> Message:
-        """Pass through."""
-        return self._grid.create_message(*args, **kwargs)
-
-    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
-        """Pass through."""
-        return self._grid.push_messages(messages)
-
-    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
-        """Pass through."""
-        return self._grid.pull_messages(message_ids)
-
-    def send_and_receive(self, messages: Iterable[Message], *,
-                         timeout: float | None = None) -> Iterable[Message]:
-        """Pass through."""
-        return self._grid.send_and_receive(messages, timeout=timeout)
 
 
 def device_reply(msg: Message, device: int) -> Message:

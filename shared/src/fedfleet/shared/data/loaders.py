@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import csv
-import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,9 +10,8 @@ import numpy as np
 
 from fedfleet.shared.constants import BUILTIN_PREFIX
 from fedfleet.shared.data.builtin import load_builtin
+from fedfleet.shared.data.formats import IMAGE_SUFFIXES, as_samples, read_csv_samples, read_npz
 from fedfleet.shared.errors import DataError
-
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
 
 
 @dataclass(frozen=True)
@@ -125,12 +122,7 @@ def _finish(x: np.ndarray, y: np.ndarray, source: str) -> Dataset:
         raise DataError(f"{source}: the dataset is empty")
     if len(x) != len(y):
         raise DataError(f"{source}: {len(x)} samples but {len(y)} labels")
-    if not np.issubdtype(x.dtype, np.number):
-        raise DataError(f"{source}: samples are {x.dtype}, not numbers")
-    integer_pixels = np.issubdtype(x.dtype, np.integer)
-    x = x.astype(np.float32)
-    if integer_pixels:
-        x /= 255.0
+    x = as_samples(x, source)
     if x.ndim == 3:
         x = x[..., None]
     if not np.all(np.isfinite(x)):
@@ -197,73 +189,19 @@ def _read_image_dir(
     return np.stack(images), np.asarray(labels)
 
 
-def read_csv_rows(path: Path) -> list[list[str]]:
-    """Return the rows of the CSV file ``path`` (at least the header).
-
-    Raises
-    ------
-    DataError
-        If the file cannot be read as UTF-8 CSV or is empty.
-    """
-    try:
-        with path.open(newline="", encoding="utf-8") as handle:
-            rows = list(csv.reader(handle))
-    except (OSError, UnicodeDecodeError, csv.Error) as err:
-        raise DataError(f"{path}: cannot read CSV ({err})") from err
-    if not rows:
-        raise DataError(f"{path}: the file is empty")
-    return rows
-
-
 def _read_csv(
     path: Path, label_column: str, class_names: Sequence[str] | None
 ) -> tuple[np.ndarray, np.ndarray]:
-    rows = read_csv_rows(path)
-    header, body = rows[0], [r for r in rows[1:] if r]
-    if label_column not in header:
-        raise DataError(
-            f"{path}: no label column {label_column!r} (columns: {', '.join(header)}); "
-            "name the label column with --label-column"
-        )
-    col = header.index(label_column)
-    features: list[list[float]] = []
-    raw_labels: list[str] = []
-    for line_no, row in enumerate(body, start=2):
-        if len(row) != len(header):
-            raise DataError(f"{path}:{line_no}: {len(row)} fields, header has "
-                            f"{len(header)}")
-        label = row[col].strip()
-        if not label:
-            raise DataError(f"{path}:{line_no}: missing label")
-        try:
-            features.append([float(v) for i, v in enumerate(row) if i != col])
-        except ValueError as err:
-            raise DataError(f"{path}:{line_no}: non-numeric feature ({err})") from err
-        raw_labels.append(label)
-    if not features:
-        raise DataError(f"{path}: no data rows")
-    index = _label_index(sorted(set(raw_labels)), class_names, path)
-    labels = np.asarray([index[label] for label in raw_labels])
-    return np.asarray(features, dtype=np.float32), labels
+    samples = read_csv_samples(path, label_column, labelled=True)
+    index = _label_index(sorted(set(samples.labels)), class_names, path)
+    labels = np.asarray([index[label] for label in samples.labels])
+    return samples.x, labels
 
 
 def _read_npz(
     path: Path, class_names: Sequence[str] | None
 ) -> tuple[np.ndarray, np.ndarray]:
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            keys = set(data.files)
-            for xk, yk in (("x", "y"), ("x_train", "y_train")):
-                if {xk, yk} <= keys:
-                    x, y = data[xk], data[yk]
-                    break
-            else:
-                raise DataError(
-                    f"{path}: expected arrays 'x' and 'y' (or 'x_train' and "
-                    f"'y_train'), found {sorted(keys) or 'none'}"
-                )
-    except (OSError, ValueError, zipfile.BadZipFile) as err:
-        raise DataError(f"{path}: not a readable .npz file ({err})") from err
+    x, y = read_npz(path, (("x", "y"), ("x_train", "y_train")))
     if y.dtype.kind in "US" and len(y):
         index = _label_index(sorted(set(y.tolist())), class_names, path)
         y = np.asarray([index[v] for v in y.tolist()])
