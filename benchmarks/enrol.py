@@ -22,7 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from fedfleet.server.certs import create_certificates
+from fedfleet.server.host.certs import create_certificates
 from fedfleet.shared.keys import create_node_key
 from fedfleet.shared.process import probe
 

@@ -30,7 +30,7 @@ import docker
 sys.path.insert(0, str(Path(__file__).parents[1] / "tests" / "fleet"))
 from remote import RemoteDevice, sh  # the tests' remote-device stand-in
 
-from fedfleet.server.certs import create_certificates
+from fedfleet.server.host.certs import create_certificates
 
 FEDFLEET = str(Path(sys.executable).parent / "fedfleet")
 IMAGE = "fedfleet-client:0.1.0"

@@ -123,7 +123,7 @@ def _wait_for(what: str, check: Callable[[], bool], deadline: float,
 
 def _prepare(work: Path, devices: int) -> None:
     """Write the CA and server certificate, and one node key per device."""
-    from fedfleet.server.certs import create_certificates
+    from fedfleet.server.host.certs import create_certificates
     from fedfleet.shared.keys import create_node_key
 
     create_certificates(work / "certificates", ["127.0.0.1"])

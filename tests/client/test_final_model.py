@@ -21,7 +21,7 @@ from flwr.supercore.task_identity import TaskIdentity
 from no_tensorflow import no_tensorflow_cli
 
 from fedfleet.client import client_app
-from fedfleet.server.delivery import final_model_info, send_final_model
+from fedfleet.server.run.delivery import final_model_info, send_final_model
 from fedfleet.shared import delivery
 from fedfleet.shared.errors import ConfigError, ModelMismatchError
 from fedfleet.shared.fileio import weights_digest

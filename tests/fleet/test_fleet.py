@@ -33,7 +33,7 @@ import docker
 import pytest
 from remote import RemoteDevice, client_certificate
 
-from fedfleet.server.certs import create_certificates
+from fedfleet.server.host.certs import create_certificates
 
 pytestmark = pytest.mark.fleet
 

@@ -18,8 +18,8 @@ import pytest
 from fleet_helpers import FEDFLEET, Fleet, free_port
 from no_tensorflow import no_tensorflow_cli
 
-from fedfleet.server.control import CONNECTION, Control
-from fedfleet.server.fab import write_bundle
+from fedfleet.server.host.control import CONNECTION, Control
+from fedfleet.server.host.fab import write_bundle
 from fedfleet.shared import process
 from fedfleet.shared.data import load_dataset
 from fedfleet.shared.fileio import sha256_file
@@ -38,7 +38,7 @@ from pathlib import Path
 from flwr.app import ArrayRecord, Context
 from flwr.serverapp import Grid, ServerApp
 
-from fedfleet.server.delivery import send_final_model
+from fedfleet.server.run.delivery import send_final_model
 from fedfleet.shared.models import build_model
 from fedfleet.shared.settings import RunSettings
 

@@ -13,7 +13,7 @@ import pytest
 from fleet_helpers import Fleet, cli
 from ports import free_port
 
-from fedfleet.server.certs import create_certificates
+from fedfleet.server.host.certs import create_certificates
 
 pytestmark = pytest.mark.integration
 

@@ -16,9 +16,9 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from fake_control import FakeControlApi
 
-from fedfleet.server import authorized_keys
-from fedfleet.server.authorized_keys import register_authorized_keys
-from fedfleet.server.control import Control
+from fedfleet.server.host import authorized_keys
+from fedfleet.server.host.authorized_keys import register_authorized_keys
+from fedfleet.server.host.control import Control
 from fedfleet.shared.errors import FedfleetError
 from fedfleet.shared.keys import create_node_key
 

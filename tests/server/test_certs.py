@@ -11,7 +11,7 @@ import pytest
 from click.testing import CliRunner
 from cryptography import x509
 
-from fedfleet.server.certs import create_certificates
+from fedfleet.server.host.certs import create_certificates
 from fedfleet.shared.cli import cli
 from fedfleet.shared.errors import ConfigError
 

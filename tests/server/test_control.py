@@ -16,8 +16,8 @@ from typing import Any
 
 import pytest
 
-from fedfleet.server import control as control_module
-from fedfleet.server.control import Control, connect
+from fedfleet.server.host import control as control_module
+from fedfleet.server.host.control import Control, connect
 from fedfleet.shared import process
 from fedfleet.shared.errors import FedfleetError
 from fedfleet.shared.settings import RunSettings
@@ -156,7 +156,7 @@ def test_submit_ships_the_bundle_and_returns_the_run_id(flwr: FakeFlwr,
 def test_a_simulation_run_ships_its_plan_and_federation_config(flwr: FakeFlwr,
                                                                tmp_path: Path) -> None:
     """A simulation run: the plan in the run config, the devices in --federation-config."""
-    from fedfleet.server.control import Simulation
+    from fedfleet.server.host.control import Simulation
 
     flwr.answers({"success": True, "run-id": 4343})
     bundle = tmp_path / "bundle"

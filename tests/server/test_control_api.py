@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 from fake_control import FakeControlApi
 
-from fedfleet.server.certs import create_certificates
-from fedfleet.server.control import Control, Registration
-from fedfleet.server.control_api import ControlApiError, KeyInUse
-from fedfleet.server.nodekeys import NodeKey, read_public_key
+from fedfleet.server.host.certs import create_certificates
+from fedfleet.server.host.control import Control, Registration
+from fedfleet.server.host.control_api import ControlApiError, KeyInUse
+from fedfleet.server.host.nodekeys import NodeKey, read_public_key
 from fedfleet.shared.errors import FedfleetError
 from fedfleet.shared.keys import create_node_key
 

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from fedfleet.server import export
-from fedfleet.server.export import ExportRefused, export_model
+from fedfleet.server.results import export
+from fedfleet.server.results.export import ExportRefused, export_model
 from fedfleet.shared.cli import cli
 from fedfleet.shared.data import load_dataset
 from fedfleet.shared.errors import FedfleetError

@@ -10,7 +10,7 @@ from types import ModuleType
 import tomllib
 from flwr.common.config import validate_config
 
-from fedfleet.server.fab import write_bundle
+from fedfleet.server.host.fab import write_bundle
 from fedfleet.shared.settings import RunSettings
 from fedfleet.shared.version import __version__
 
@@ -45,7 +45,7 @@ def test_entry_modules_point_at_installed_apps(tmp_path: Path) -> None:
     write_bundle(tmp_path, RunSettings())
     server, client = _entry_modules(tmp_path)
     from fedfleet.client.client_app import app as client_app
-    from fedfleet.server.server_app import app as server_app
+    from fedfleet.server.run.server_app import app as server_app
 
     assert server.app is server_app and client.app is client_app
 

@@ -14,7 +14,7 @@ from fake_docker import FakeDevice, FakeImage, FakeLocal, FakeServer
 from fedfleet.server.fleet.common import DeviceError, Fleet, Outcome
 from fedfleet.server.fleet.engine import DeviceEngine
 from fedfleet.server.fleet.images import LocalImages
-from fedfleet.server.fleet.progress import Board
+from fedfleet.server.fleet.parallel import Board
 from fedfleet.server.fleet.removal import remove
 from fedfleet.server.fleet.rollout import rollout, summary
 from fedfleet.server.fleet.specs import DeviceSpec, Endpoint, ServerSpec
@@ -309,8 +309,8 @@ def test_fleet_update_prints_each_device_and_fails_with_the_stopped_ones(
     """The command: a line per device, the count, exit 1 naming the failed devices."""
     from click.testing import CliRunner
 
+    from fedfleet.server.cli.fleet import fleet
     from fedfleet.server.fleet import session
-    from fedfleet.server.fleet.cli import fleet
 
     # Prepare
     (tmp_path / "ca.crt").write_text("CA")

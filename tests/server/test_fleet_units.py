@@ -9,15 +9,15 @@ from pathlib import Path
 
 import pytest
 
-from fedfleet.server.certs import create_certificates
 from fedfleet.server.fleet.channels import ChannelError, connect, ssh_command
 from fedfleet.server.fleet.common import Fleet, Outcome
 from fedfleet.server.fleet.engine import DeviceEngine
 from fedfleet.server.fleet.images import LocalImages, goarch, is_registry_ref, split_ref
 from fedfleet.server.fleet.keys import Setup
-from fedfleet.server.fleet.progress import Board, run_all
+from fedfleet.server.fleet.parallel import Board, run_all
 from fedfleet.server.fleet.records import last_rounds
 from fedfleet.server.fleet.specs import DeviceSpec, Endpoint, ServerSpec, SshOptions, TlsFiles
+from fedfleet.server.host.certs import create_certificates
 from fedfleet.shared.errors import FedfleetError
 
 
@@ -225,7 +225,7 @@ class _ServerContainer:
 
 def test_the_control_api_in_a_server_container_is_reached_with_docker_exec() -> None:
     """Compose: the key is copied in, 'fedfleet nodes' runs there, errors come back."""
-    from fedfleet.server.fleet.registry import ContainerRegistry, RegistryError
+    from fedfleet.server.fleet.nodes import ContainerRegistry, RegistryError
 
     container = _ServerContainer()
 

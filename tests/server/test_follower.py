@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 from fakeclock import FakeClock
 
-from fedfleet.server import follower as follower_module
-from fedfleet.server.follower import RunFollower
+from fedfleet.server.host import follower as follower_module
+from fedfleet.server.host.follower import RunFollower
 from fedfleet.shared.errors import FedfleetError
 from fedfleet.shared.runrecord import summary
 

@@ -13,11 +13,11 @@ from fakeclock import FakeClock as Clock
 from flwr.app import Error, Message, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
-from fedfleet.server import grid as grid_module
-from fedfleet.server.grid import PromptGrid, WrappedGrid
-from fedfleet.server.intake import DEADLINE_CODE
-from fedfleet.server.pace import ALPHA, CLIP, Pace, PaceBook
-from fedfleet.server.progress import ProgressFile, read_progress
+from fedfleet.server.run import grid as grid_module
+from fedfleet.server.run.grid import PromptGrid, WrappedGrid
+from fedfleet.server.run.intake import DEADLINE_CODE
+from fedfleet.server.run.pace import ALPHA, CLIP, Pace, PaceBook
+from fedfleet.server.run.progress import ProgressFile, read_progress
 
 SILENT = None
 ERROR = -1.0

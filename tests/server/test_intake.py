@@ -13,7 +13,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Error, Message, MetricRec
 from flwr.serverapp.strategy import FedAvg
 from flwr.supercore.task_identity import TaskIdentity
 
-from fedfleet.server.intake import (
+from fedfleet.server.run.intake import (
     DEADLINE_CODE,
     Intake,
     IntakeLimits,
@@ -382,7 +382,7 @@ def test_a_second_reply_from_one_node_is_refused() -> None:
 
 def test_describe_error() -> None:
     """Flower's error text is shortened to 'Type: message'."""
-    from fedfleet.server.intake import describe_error
+    from fedfleet.server.run.intake import describe_error
 
     assert describe_error("<class 'a.b.DataError'>:<'bad\nthing'>") == \
         "DataError: bad\nthing"

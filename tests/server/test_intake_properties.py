@@ -21,7 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from fedfleet.server.intake import (
+from fedfleet.server.run.intake import (
     AGGREGATED_EVALUATE,
     AGGREGATED_TRAIN,
     Intake,

@@ -5,8 +5,8 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
-from fedfleet.server.live import LiveView, estimate_left, frame
-from fedfleet.server.progress import ProgressFile, RoundProgress, read_progress
+from fedfleet.server.host.live import LiveView, estimate_left, frame
+from fedfleet.server.run.progress import ProgressFile, RoundProgress, read_progress
 from fedfleet.shared.runrecord import RoundRow, RunRecord
 
 NOW = 10_000.0

@@ -16,12 +16,12 @@ import pytest
 from flwr.app import ArrayRecord, Message, MetricRecord, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
-from fedfleet.server.intake import Intake, IntakeLimits
-from fedfleet.server.plots import plot_files, write_plots
-from fedfleet.server.recorder import RunRecorder
-from fedfleet.server.report import round_columns
-from fedfleet.server.run_files import RunFiles
-from fedfleet.server.tensorboard import round_scalars
+from fedfleet.server.results.plots import plot_files, write_plots
+from fedfleet.server.results.report import round_columns
+from fedfleet.server.results.run_files import RunFiles
+from fedfleet.server.results.tensorboard import round_scalars
+from fedfleet.server.run.intake import Intake, IntakeLimits
+from fedfleet.server.run.recorder import RunRecorder
 from fedfleet.shared.metrics import CATALOG, Metric
 from fedfleet.shared.runrecord import read_record, round_line
 from fedfleet.shared.weights import specs_of

@@ -114,8 +114,8 @@ def test_an_unreachable_server_is_one_line(tmp_path: Path) -> None:
 def test_the_direct_fleet_registry_keeps_one_connection(api: FakeControlApi,
                                                        tmp_path: Path) -> None:
     """Register, list, revoke over one client; a known key is 'already in use'."""
-    from fedfleet.server.certs import create_certificates
-    from fedfleet.server.fleet.registry import DirectRegistry, RegistryError
+    from fedfleet.server.fleet.nodes import DirectRegistry, RegistryError
+    from fedfleet.server.host.certs import create_certificates
 
     ca = create_certificates(tmp_path / "certs", []).ca_cert
     keys = _keys(tmp_path / "devices", "a", "b")
@@ -141,7 +141,7 @@ def test_the_container_registry_reads_already_registered_as_in_use() -> None:
     """Compose: a known key is reported as 'already in use', as the engine expects."""
     from types import SimpleNamespace
 
-    from fedfleet.server.fleet.registry import ContainerRegistry, RegistryError
+    from fedfleet.server.fleet.nodes import ContainerRegistry, RegistryError
 
     container = SimpleNamespace(
         status="running", put_archive=lambda path, data: True,

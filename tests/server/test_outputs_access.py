@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from fedfleet.server.outputs_access import acl_bytes, host_owner, parse_owner, share
+from fedfleet.server.host.outputs_access import acl_bytes, host_owner, parse_owner, share
 
 SERVER, HOST = 49999, 45678
 needs_root = pytest.mark.skipif(os.geteuid() != 0 or shutil.which("setpriv") is None,

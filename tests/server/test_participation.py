@@ -16,12 +16,12 @@ from records import NODES, sample_record
 
 from fedfleet.server.fleet.records import newest_records, participation
 from fedfleet.server.fleet.status import render as _table
-from fedfleet.server.intake import IntakeResult, Rejection, ReplyReport
-from fedfleet.server.live import frame
-from fedfleet.server.progress import RoundProgress
-from fedfleet.server.recorder import RunRecorder
-from fedfleet.server.report import render_report
-from fedfleet.server.run_files import RunFiles
+from fedfleet.server.host.live import frame
+from fedfleet.server.results.report import render_report
+from fedfleet.server.results.run_files import RunFiles
+from fedfleet.server.run.intake import IntakeResult, Rejection, ReplyReport
+from fedfleet.server.run.progress import RoundProgress
+from fedfleet.server.run.recorder import RunRecorder
 from fedfleet.shared.recordview import RecordView
 from fedfleet.shared.runrecord import read_record, round_line
 

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 from records import sample_record
 
-from fedfleet.server.plots import PLOT_FILES, write_plots
+from fedfleet.server.results.plots import PLOT_FILES, write_plots
 
 
 def _pixels(path: Path) -> np.ndarray:

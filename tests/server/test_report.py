@@ -10,8 +10,8 @@ from pathlib import Path
 from click.testing import CliRunner
 from records import sample_record
 
-from fedfleet.server.plots import PLOT_FILES, write_plots
-from fedfleet.server.report import write_report
+from fedfleet.server.results.plots import PLOT_FILES, write_plots
+from fedfleet.server.results.report import write_report
 from fedfleet.shared.cli import cli
 
 

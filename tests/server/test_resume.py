@@ -9,7 +9,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from fedfleet.server.resume import (
+from fedfleet.server.results.run_files import state_path
+from fedfleet.server.run.resume import (
     continuation,
     find_interrupted,
     interrupted_runs,
@@ -17,7 +18,6 @@ from fedfleet.server.resume import (
     resume_point,
     save_strategy_state,
 )
-from fedfleet.server.run_files import state_path
 from fedfleet.shared.settings import RunSettings
 
 

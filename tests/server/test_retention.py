@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-from fedfleet.server.resume import resume_point
-from fedfleet.server.retention import best_round, prune_checkpoints, rounds_to_keep
-from fedfleet.server.watch import RunWatch
+from fedfleet.server.results.retention import best_round, prune_checkpoints, rounds_to_keep
+from fedfleet.server.run.resume import resume_point
+from fedfleet.server.run.watch import RunWatch
 from fedfleet.shared.cli import cli
 from fedfleet.shared.errors import ConfigError
 from fedfleet.shared.registry import read_registry, verify_entry

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from fakegrid import NodeGrid
 
-from fedfleet.server.round_policy import RoundPolicy
+from fedfleet.server.run.round_policy import RoundPolicy
 from fedfleet.shared.errors import FedfleetError
 from fedfleet.shared.runrecord import RoundRow
 from fedfleet.shared.settings import RunSettings

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from fedfleet.server.host.superlink import ServerOptions, superlink_command
 from fedfleet.server.simulation.plan import SimulationPlan
 from fedfleet.server.simulation.runner import check_request, simulation_env, submission
-from fedfleet.server.superlink import ServerOptions, superlink_command
 from fedfleet.shared.errors import ConfigError, DataError
 from fedfleet.shared.settings import RunSettings
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from flwr.serverapp.strategy import FedProx, FedTrimmedAvg, Krum, MultiKrum
 
-from fedfleet.server.strategies import STRATEGIES, make_strategy, tunable_params
+from fedfleet.server.run.strategies import STRATEGIES, make_strategy, tunable_params
 from fedfleet.shared.errors import ConfigError
 from fedfleet.shared.settings import RunSettings
 

@@ -9,7 +9,7 @@ import pytest
 from click.testing import CliRunner
 from records import NODES, sample_record
 
-from fedfleet.server.tensorboard import TensorBoardLog, round_scalars
+from fedfleet.server.results.tensorboard import TensorBoardLog, round_scalars
 from fedfleet.shared.cli import cli
 
 

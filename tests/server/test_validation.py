@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fedfleet.server.validation import (
+from fedfleet.server.run.validation import (
     UpdateRejected,
     check_values,
     norm_outliers,

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from records import sample_record
 
-from fedfleet.server.watch import RunWatch
+from fedfleet.server.run.watch import RunWatch
 from fedfleet.shared.registry import read_registry
 
 

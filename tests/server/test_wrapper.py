@@ -12,13 +12,13 @@ from fakegrid import NodeGrid
 from flwr.app import ArrayRecord, ConfigRecord, Error, Message, MetricRecord, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
-from fedfleet.server.codec import WeightCodec
-from fedfleet.server.intake import Intake, IntakeLimits
-from fedfleet.server.recorder import RunRecorder
-from fedfleet.server.round_policy import RoundPolicy
-from fedfleet.server.run_files import RunFiles
-from fedfleet.server.strategies import make_strategy
-from fedfleet.server.wrapper import FedfleetStrategy
+from fedfleet.server.results.run_files import RunFiles
+from fedfleet.server.run.codec import WeightCodec
+from fedfleet.server.run.intake import Intake, IntakeLimits
+from fedfleet.server.run.recorder import RunRecorder
+from fedfleet.server.run.round_policy import RoundPolicy
+from fedfleet.server.run.strategies import make_strategy
+from fedfleet.server.run.wrapper import FedfleetStrategy
 from fedfleet.shared.compression import decode_weights, encode_update
 from fedfleet.shared.errors import FedfleetError
 from fedfleet.shared.models import build_model

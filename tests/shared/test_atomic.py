@@ -122,8 +122,8 @@ def test_private_keys_are_0600_and_never_written_through_links(tmp_path: Path,
 
 def test_run_outputs_and_strategy_state(tmp_path: Path, victim: Path) -> None:
     """metrics.json/.csv, a checkpoint and the strategy state, with links planted."""
-    from fedfleet.server.resume import save_strategy_state
-    from fedfleet.server.run_files import RunFiles, state_path
+    from fedfleet.server.results.run_files import RunFiles, state_path
+    from fedfleet.server.run.resume import save_strategy_state
     from fedfleet.shared.models import build_model
 
     outputs = RunFiles(tmp_path / "run")
@@ -151,8 +151,8 @@ def test_the_authorized_keys_ledger(tmp_path: Path, victim: Path,
                                     monkeypatch: pytest.MonkeyPatch) -> None:
     from fake_control import FakeControlApi
 
-    from fedfleet.server.authorized_keys import register_authorized_keys
-    from fedfleet.server.control import Control
+    from fedfleet.server.host.authorized_keys import register_authorized_keys
+    from fedfleet.server.host.control import Control
     from fedfleet.shared.keys import create_node_key
 
     FakeControlApi().install(monkeypatch)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from fedfleet.server.certs import CertificatePaths, create_certificates
+from fedfleet.server.host.certs import CertificatePaths, create_certificates
 from fedfleet.shared.errors import FedfleetError
 from fedfleet.shared.process import probe
 

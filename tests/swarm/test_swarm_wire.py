@@ -21,7 +21,7 @@ from flwr.supernode.node_auth_http_interceptor import NodeAuthHttpInterceptor
 from swarm.device import Pace, VirtualDevice
 from swarm.fleetapi import Deadline, FleetClient, RunNotRunning, Stats, Unauthorized
 
-from fedfleet.server.intake import Intake
+from fedfleet.server.run.intake import Intake
 from fedfleet.shared import delivery
 from fedfleet.shared.compression import encode_weights
 from fedfleet.shared.fileio import weights_digest

@@ -2,7 +2,7 @@
 
 One :class:`RunRecord` per run: its settings and model size (``run``), its status, the
 test-set scores of the initial model, and one :class:`RoundRow` per finished round.
-The ServerApp's :class:`~fedfleet.server.recorder.RunRecorder` writes it; the CLI,
+The ServerApp's :class:`~fedfleet.server.run.recorder.RunRecorder` writes it; the CLI,
 the run follower, resume and the benchmarks read it. This module imports neither
 Flower nor Keras, so every reader stays light.
 

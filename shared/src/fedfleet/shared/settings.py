@@ -23,7 +23,7 @@ ROUND_DEADLINES = ("fixed", "paced")
 """How a round closes after its quorum: ``fixed``, the grace (times the quorum's time,
 at least 10 s); ``paced``, also waiting for the devices whose learned reply time says
 they will make it, up to ``round-pace-cap`` times the quorum's time
-(:mod:`fedfleet.server.pace`)."""
+(:mod:`fedfleet.server.run.pace`)."""
 
 OPTIMIZERS = ("adam", "sgd")
 """The devices' local optimizer: Adam, or plain SGD with optional (heavy-ball)

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import click
 
-from fedfleet.server.certs import create_certificates
 from fedfleet.server.cli.options import DIR
+from fedfleet.server.host.certs import create_certificates
 
 
 @click.command("certs")

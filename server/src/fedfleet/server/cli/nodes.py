@@ -15,7 +15,7 @@ from fedfleet.server.cli.options import (
     echo_rows,
     format_option,
 )
-from fedfleet.server.nodekeys import MAX_KEY_BYTES, KeyFileError, NodeKey, key_files
+from fedfleet.server.host.nodekeys import MAX_KEY_BYTES, KeyFileError, NodeKey, key_files
 from fedfleet.shared.atomic import write_atomic
 
 

@@ -8,9 +8,9 @@ from typing import Any
 
 import click
 
-from fedfleet.server.control import Control, connect
-from fedfleet.server.runplan import plan_run
-from fedfleet.server.strategies import STRATEGIES
+from fedfleet.server.host.control import Control, connect
+from fedfleet.server.host.runplan import plan_run
+from fedfleet.server.run.strategies import STRATEGIES
 from fedfleet.shared.compression import METHODS
 from fedfleet.shared.constants import SUPERLINK_PORT
 from fedfleet.shared.data.partition import PARTITIONINGS

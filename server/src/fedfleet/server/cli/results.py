@@ -30,8 +30,8 @@ def report(run_dir: Path, tensorboard: Path | None) -> None:
         fedfleet report outputs/run-14643447820572080420
         xdg-open outputs/run-14643447820572080420/report.html
     """
-    from fedfleet.server.plots import write_plots
-    from fedfleet.server.report import write_report
+    from fedfleet.server.results.plots import write_plots
+    from fedfleet.server.results.report import write_report
     from fedfleet.shared.recordview import load_record
 
     record = load_record(run_dir)
@@ -41,7 +41,7 @@ def report(run_dir: Path, tensorboard: Path | None) -> None:
     click.echo(f"{len(plots)} plots in {run_dir / 'plots'} "
                f"({time.perf_counter() - started:.1f}s)", err=True)
     if tensorboard is not None:
-        from fedfleet.server.tensorboard import TensorBoardLog
+        from fedfleet.server.results.tensorboard import TensorBoardLog
 
         with TensorBoardLog(tensorboard) as log:
             rounds = log.write_record(record)
@@ -83,7 +83,7 @@ def export(run_dir: Path, round: int | None, format: str, quantize: str,
         fedfleet export outputs/run-14643447820572080420 --format tflite \\
             --quantize int8 --out model-int8.tflite
     """
-    from fedfleet.server.export import check_choice, export_model
+    from fedfleet.server.results.export import check_choice, export_model
     from fedfleet.shared.recordview import load_record
 
     check_choice(format, quantize)

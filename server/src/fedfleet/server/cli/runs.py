@@ -17,7 +17,7 @@ from fedfleet.server.cli.options import (
     run_options,
     settings_from,
 )
-from fedfleet.server.lifecycle import submit_and_follow
+from fedfleet.server.host.lifecycle import submit_and_follow
 from fedfleet.shared.runrecord import read_record, round_line
 
 

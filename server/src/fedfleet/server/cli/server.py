@@ -1,4 +1,4 @@
-"""``fedfleet server``: parse its options, then :func:`fedfleet.server.lifecycle.serve`."""
+"""``fedfleet server``: parse its options, then :func:`fedfleet.server.host.lifecycle.serve`."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from typing import Any
 import click
 
 from fedfleet.server.cli.options import DIR, FILE, run_options, settings_from
-from fedfleet.server.lifecycle import ServePlan, serve
-from fedfleet.server.superlink import ServerOptions
+from fedfleet.server.host.lifecycle import ServePlan, serve
+from fedfleet.server.host.superlink import ServerOptions
 from fedfleet.shared.constants import SUPERLINK_PORT
 
 

@@ -10,7 +10,7 @@ import docker
 import docker.errors
 
 from fedfleet.server.fleet.images import LocalImages
-from fedfleet.server.fleet.registry import NodeRegistry
+from fedfleet.server.fleet.nodes import NodeRegistry
 from fedfleet.server.fleet.specs import DeviceSpec, ServerSpec
 from fedfleet.shared.errors import FedfleetError
 

@@ -29,7 +29,7 @@ from fedfleet.server.fleet import container as desired
 from fedfleet.server.fleet.checks import check
 from fedfleet.server.fleet.common import Device, Outcome, control_error, short_id
 from fedfleet.server.fleet.keys import Setup, setup
-from fedfleet.server.fleet.registry import node_state
+from fedfleet.server.fleet.nodes import node_state
 from fedfleet.server.fleet.switch import switch
 from fedfleet.server.fleet.transfer import ensure_image
 from fedfleet.shared.errors import FedfleetError

@@ -19,7 +19,7 @@ from docker.types import Mount
 
 from fedfleet.server.fleet.common import Device, DeviceError, control_error
 from fedfleet.server.fleet.container import APP_UID, DEVICE_LABEL, ROLE_LABEL, data_mount
-from fedfleet.server.fleet.registry import RegistryError, node_state
+from fedfleet.server.fleet.nodes import RegistryError, node_state
 from fedfleet.server.fleet.transfer import device_image_id
 from fedfleet.shared.errors import FedfleetError
 

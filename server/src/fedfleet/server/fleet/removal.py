@@ -11,7 +11,7 @@ import docker.errors
 from fedfleet.server.fleet.common import Device, DeviceError, Outcome
 from fedfleet.server.fleet.container import node_label
 from fedfleet.server.fleet.keys import stored_node_id
-from fedfleet.server.fleet.registry import node_state
+from fedfleet.server.fleet.nodes import node_state
 from fedfleet.shared.errors import FedfleetError
 
 

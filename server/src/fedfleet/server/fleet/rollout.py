@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from fedfleet.server.fleet.common import Outcome
-from fedfleet.server.fleet.progress import Board, Job, run_all
+from fedfleet.server.fleet.parallel import Board, Job, run_all
 
 STOPPED = "not updated: the rollout stopped"
 

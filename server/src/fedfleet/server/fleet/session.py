@@ -14,8 +14,8 @@ from fedfleet.server.fleet.channels import close_quietly, connect
 from fedfleet.server.fleet.common import Fleet, Outcome
 from fedfleet.server.fleet.engine import DeviceEngine
 from fedfleet.server.fleet.images import LocalImages
-from fedfleet.server.fleet.progress import Job
-from fedfleet.server.fleet.registry import ContainerRegistry, DirectRegistry, NodeRegistry
+from fedfleet.server.fleet.nodes import ContainerRegistry, DirectRegistry, NodeRegistry
+from fedfleet.server.fleet.parallel import Job
 from fedfleet.server.fleet.specs import DeviceSpec, Endpoint, Inventory
 from fedfleet.shared.errors import FedfleetError
 

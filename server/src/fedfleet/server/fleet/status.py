@@ -14,9 +14,9 @@ from fedfleet.server.fleet.activity import describe, read_activity
 from fedfleet.server.fleet.channels import close_quietly, connect
 from fedfleet.server.fleet.common import Device, Fleet, short_id
 from fedfleet.server.fleet.container import HASH_LABEL, IMAGE_LABEL, NODE_LABEL, VERSION_LABEL
-from fedfleet.server.fleet.progress import each
+from fedfleet.server.fleet.nodes import state_in
+from fedfleet.server.fleet.parallel import each
 from fedfleet.server.fleet.records import last_rounds, newest_records, participation
-from fedfleet.server.fleet.registry import state_in
 from fedfleet.server.fleet.specs import Inventory
 from fedfleet.shared.errors import FedfleetError
 from fedfleet.shared.tables import rows_text

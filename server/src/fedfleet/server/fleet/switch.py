@@ -18,7 +18,7 @@ from fedfleet.server.fleet.activity import describe, read_activity
 from fedfleet.server.fleet.common import Device, DeviceError, short_id
 from fedfleet.server.fleet.container import PREVIOUS_TAG, split_config
 from fedfleet.server.fleet.images import split_ref
-from fedfleet.server.fleet.registry import node_state
+from fedfleet.server.fleet.nodes import node_state
 
 POLL = 2.0
 """Seconds between looks at a starting container."""

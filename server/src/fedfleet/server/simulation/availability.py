@@ -22,7 +22,7 @@ from typing import Any
 from flwr.app import ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid
 
-from fedfleet.server.grid import WrappedGrid
+from fedfleet.server.run.grid import WrappedGrid
 from fedfleet.server.simulation.plan import DEVICE_KEY, QUERY_ACTION, SimulationPlan
 from fedfleet.shared.atomic import write_atomic
 from fedfleet.shared.errors import FedfleetError

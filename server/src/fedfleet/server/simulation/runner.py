@@ -21,10 +21,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from fedfleet.server.control import Control, Simulation
-from fedfleet.server.lifecycle import submit_and_follow
+from fedfleet.server.host.control import Control, Simulation
+from fedfleet.server.host.lifecycle import submit_and_follow
+from fedfleet.server.host.superlink import ServerOptions, start_superlink
 from fedfleet.server.simulation.plan import RUN_CONFIG_KEY, SimulationPlan
-from fedfleet.server.superlink import ServerOptions, start_superlink
 from fedfleet.shared import process
 from fedfleet.shared.errors import ConfigError, FedfleetError
 from fedfleet.shared.settings import RunSettings

@@ -2,7 +2,7 @@
 
 Everything a real run does (settings, strategy, reply intake, compression, run
 folder, metrics, plots, report, model registry) is
-:func:`fedfleet.server.server_app.main`; this entry only reads the simulation's plan
+:func:`fedfleet.server.run.server_app.main`; this entry only reads the simulation's plan
 from the run config and wraps Flower's simulation grid in
 :class:`~fedfleet.server.simulation.availability.AvailabilityGrid`.
 """
@@ -14,7 +14,7 @@ from pathlib import Path
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
-from fedfleet.server import server_app as fleet_server_app
+from fedfleet.server.run import server_app as fleet_server_app
 from fedfleet.server.simulation.availability import AvailabilityGrid
 from fedfleet.server.simulation.plan import SimulationPlan
 from fedfleet.shared.settings import RunSettings

@@ -17,7 +17,7 @@ from typing import Any
 from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid
 
-from fedfleet.server.recorder import RunRecorder
+from fedfleet.server.run.recorder import RunRecorder
 from fedfleet.shared import delivery
 from fedfleet.shared.constants import ARRAYS_KEY
 from fedfleet.shared.fileio import weights_digest
@@ -39,7 +39,7 @@ def final_model_info(record: RecordView | Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _describe(reason: str | None) -> str:
-    from fedfleet.server.intake import describe_error
+    from fedfleet.server.run.intake import describe_error
 
     return describe_error(reason)
 

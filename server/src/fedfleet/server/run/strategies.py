@@ -99,7 +99,7 @@ def strategy_kwargs(settings: RunSettings) -> dict[str, Any]:
 
 
 def make_strategy(settings: RunSettings) -> Strategy:
-    """Build the run's strategy (fedfleet wraps it: :mod:`fedfleet.server.wrapper`).
+    """Build the run's strategy (fedfleet wraps it: :mod:`fedfleet.server.run.wrapper`).
 
     Raises
     ------

@@ -29,7 +29,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from fedfleet.server.certs import create_certificates
+from fedfleet.server.host.certs import create_certificates
 from fedfleet.shared.atomic import copy_atomic
 from fedfleet.shared.errors import ConfigError
 from fedfleet.shared.keys import create_node_key

@@ -25,13 +25,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from fedfleet.server.run_files import RunFiles, checkpoint_path, state_path
+from fedfleet.server.results.run_files import RunFiles, checkpoint_path, state_path
 from fedfleet.shared.atomic import copy_atomic, save_atomic
 from fedfleet.shared.runrecord import RunRecord, read_record
 from fedfleet.shared.settings import RunSettings, Scalar
 
 if TYPE_CHECKING:  # not imported at run time: `fedfleet server` decides without it
-    from fedfleet.server.recorder import RunRecorder
+    from fedfleet.server.run.recorder import RunRecorder
 
 log = logging.getLogger("fedfleet")
 

@@ -14,9 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from fedfleet.server.control_api import ControlApiError, ControlSession, KeyInUse
-from fedfleet.server.fab import toml_value, write_bundle
-from fedfleet.server.nodekeys import KeyFileError, NodeKey, read_public_key
+from fedfleet.server.host.control_api import ControlApiError, ControlSession, KeyInUse
+from fedfleet.server.host.fab import toml_value, write_bundle
+from fedfleet.server.host.nodekeys import KeyFileError, NodeKey, read_public_key
 from fedfleet.shared import process
 from fedfleet.shared.atomic import write_atomic
 from fedfleet.shared.errors import FedfleetError

@@ -26,9 +26,9 @@ from typing import Any, Protocol
 import docker
 import docker.errors
 
-from fedfleet.server.control import Control
-from fedfleet.server.control_api import ControlApiError, ControlSession
-from fedfleet.server.nodekeys import parse_public_key
+from fedfleet.server.host.control import Control
+from fedfleet.server.host.control_api import ControlApiError, ControlSession
+from fedfleet.server.host.nodekeys import parse_public_key
 from fedfleet.shared.errors import FedfleetError
 
 NODES_TTL = 2.0

@@ -3,7 +3,7 @@
 The ServerApp keeps ``progress.json`` in the run's folder current while a round runs
 (the grid reports instructions sent and replies as they arrive, the intake which
 replies it refused); ``fedfleet server`` and ``fedfleet run`` read it to show the
-round live (:mod:`fedfleet.server.live`). It is a view, never an input: the record
+round live (:mod:`fedfleet.server.host.live`). It is a view, never an input: the record
 (``metrics.json``) stays the account of what happened.
 """
 

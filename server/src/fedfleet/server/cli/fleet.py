@@ -13,7 +13,7 @@ import click
 from fedfleet.server.fleet.channels import close_quietly, connect
 from fedfleet.server.fleet.common import Outcome
 from fedfleet.server.fleet.inventory import load_inventory
-from fedfleet.server.fleet.progress import Board, run_all
+from fedfleet.server.fleet.parallel import Board, run_all
 from fedfleet.server.fleet.removal import remove
 from fedfleet.server.fleet.rollout import rollout, summary
 from fedfleet.server.fleet.session import client_container, on_device, open_fleet

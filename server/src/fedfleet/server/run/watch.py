@@ -36,7 +36,7 @@ class RunWatch:
         """Watch the run in ``run_dir`` (None: no files); TensorBoard into its own dir.
 
         ``keep_checkpoints`` > 0 prunes old checkpoints after each round (see
-        :mod:`fedfleet.server.retention`).
+        :mod:`fedfleet.server.results.retention`).
         """
         self.run_dir = run_dir
         self.keep_checkpoints = keep_checkpoints
@@ -53,7 +53,7 @@ class RunWatch:
 
     def _board(self) -> Any:
         if self._tensorboard is None and self.tensorboard_dir is not None:
-            from fedfleet.server.tensorboard import TensorBoardLog
+            from fedfleet.server.results.tensorboard import TensorBoardLog
 
             self._tensorboard = TensorBoardLog(self.tensorboard_dir)
         return self._tensorboard
@@ -61,7 +61,7 @@ class RunWatch:
     def _plots(self, record: Mapping[str, Any]) -> list[Path]:
         if self.run_dir is None:
             return []
-        from fedfleet.server.plots import write_plots
+        from fedfleet.server.results.plots import write_plots
 
         started = time.perf_counter()
         files = write_plots(self.run_dir, record)
@@ -69,7 +69,7 @@ class RunWatch:
         return files
 
     def _prune(self, run_dir: Path, rows: list[dict[str, Any]]) -> None:
-        from fedfleet.server.retention import prune_checkpoints
+        from fedfleet.server.results.retention import prune_checkpoints
         from fedfleet.shared.registry import mark_removed
 
         pruned = prune_checkpoints(run_dir, rows, self.keep_checkpoints)
@@ -117,7 +117,7 @@ class RunWatch:
             self._safely("close the TensorBoard log", self._tensorboard.close)
         if run_dir is None:
             return None
-        from fedfleet.server.report import write_report
+        from fedfleet.server.results.report import write_report
 
         plots = self._safely("draw the plots", lambda: self._plots(record))
         return self._safely("write the report", lambda: write_report(run_dir, record, plots))

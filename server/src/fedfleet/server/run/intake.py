@@ -10,7 +10,7 @@ receives messages built here. What one reply may carry:
   MetricRecord under ``metrics`` with ``num-examples``. **Evaluate**: one MetricRecord
   with ``num-examples``, ``eval_loss`` and ``eval_accuracy``.
 - Arrays are checked before they are deserialized or inflated, against the layout of
-  :mod:`fedfleet.shared.compression` (:func:`~fedfleet.server.validation.check_arrays`);
+  :mod:`fedfleet.shared.compression` (:func:`~fedfleet.server.run.validation.check_arrays`);
   the decoded weights must be finite.
 - Metrics: only what the metric catalog (:mod:`fedfleet.shared.metrics`) allows in
   that reply, each a finite number of its kind within its bounds; the rest is dropped
@@ -43,7 +43,7 @@ import numpy as np
 from flwr.app import ArrayRecord, Message, MetricRecord, RecordDict
 from flwr.app.message.message import make_message
 
-from fedfleet.server.validation import (
+from fedfleet.server.run.validation import (
     check_arrays,
     check_values,
     clean_text,
@@ -65,7 +65,7 @@ __all__ = ["DEADLINE_CODE", "DEADLINE_REASON", "AGGREGATED_EVALUATE", "AGGREGATE
            "ReplyReport", "cap_weights", "clean_text", "describe_error", "lower_median"]
 
 DEADLINE_CODE = 9001
-"""Error code of the reply :class:`fedfleet.server.grid.PromptGrid` makes for a device
+"""Error code of the reply :class:`fedfleet.server.run.grid.PromptGrid` makes for a device
 that did not answer before the round closed."""
 DEADLINE_REASON = "no reply by the deadline"
 

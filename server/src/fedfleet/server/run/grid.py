@@ -11,13 +11,13 @@ device until its timeout. ``PromptGrid`` wraps it and polls with the same public
   A silent device therefore costs a round about twice the median device's time, not
   the whole timeout, and an honest device up to twice as slow as the median still
   makes it.
-- with a :class:`~fedfleet.server.pace.PaceBook` (``--round-deadline paced``) the
+- with a :class:`~fedfleet.server.run.pace.PaceBook` (``--round-deadline paced``) the
   round may wait longer after its quorum: until the slowest device of the round that
   has not answered is expected to (its learned reply time x a margin), at most ``cap``
-  times as long as the quorum took; see :mod:`fedfleet.server.pace`. The grid tells the
+  times as long as the quorum took; see :mod:`fedfleet.server.run.pace`. The grid tells the
   book every usable reply's time and every device still silent at the close.
 - every device that has not answered when the round closes gets an error reply
-  (code :data:`~fedfleet.server.intake.DEADLINE_CODE`, "no reply by the deadline")
+  (code :data:`~fedfleet.server.run.intake.DEADLINE_CODE`, "no reply by the deadline")
   in its name, so the record names it; its reply, if it comes later, is never pulled:
   it was computed on the previous global model, and Flower's strategies (and the reply
   intake's norm check against the round's global model) have no notion of a stale
@@ -45,9 +45,9 @@ from flwr.app import Error, Message
 from flwr.common.constant import ErrorCode
 from flwr.serverapp import Grid
 
-from fedfleet.server.intake import DEADLINE_CODE, DEADLINE_REASON
-from fedfleet.server.pace import PaceBook, PacedClose
-from fedfleet.server.progress import ProgressFile
+from fedfleet.server.run.intake import DEADLINE_CODE, DEADLINE_REASON
+from fedfleet.server.run.pace import PaceBook, PacedClose
+from fedfleet.server.run.progress import ProgressFile
 
 log = logging.getLogger("fedfleet")
 

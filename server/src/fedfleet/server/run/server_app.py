@@ -2,7 +2,7 @@
 
 It puts the run's parts together (see docs/architecture.md): the model, the run
 record and its files, the reply intake, the weight codec, the round policy and the
-chosen Flower strategy inside :class:`~fedfleet.server.wrapper.FedfleetStrategy`;
+chosen Flower strategy inside :class:`~fedfleet.server.run.wrapper.FedfleetStrategy`;
 continues an interrupted run when asked; runs the rounds on a grid that closes them
 promptly; saves the final model and sends it home to every device that trained.
 """
@@ -16,20 +16,20 @@ import keras
 from flwr.app import ArrayRecord, ConfigRecord, Context
 from flwr.serverapp import Grid, ServerApp
 
-from fedfleet.server.central import CentralEvaluator
-from fedfleet.server.codec import WeightCodec
-from fedfleet.server.delivery import deliver_final_model
-from fedfleet.server.grid import PromptGrid
-from fedfleet.server.intake import Intake, IntakeLimits
-from fedfleet.server.pace import PaceBook
-from fedfleet.server.progress import ProgressFile
-from fedfleet.server.recorder import RunRecorder
-from fedfleet.server.resume import continue_run, resume_point
-from fedfleet.server.round_policy import RoundPolicy
-from fedfleet.server.run_files import RunFiles
-from fedfleet.server.strategies import make_strategy
-from fedfleet.server.watch import RunWatch
-from fedfleet.server.wrapper import FedfleetStrategy
+from fedfleet.server.results.run_files import RunFiles
+from fedfleet.server.run.central import CentralEvaluator
+from fedfleet.server.run.codec import WeightCodec
+from fedfleet.server.run.delivery import deliver_final_model
+from fedfleet.server.run.grid import PromptGrid
+from fedfleet.server.run.intake import Intake, IntakeLimits
+from fedfleet.server.run.pace import PaceBook
+from fedfleet.server.run.progress import ProgressFile
+from fedfleet.server.run.recorder import RunRecorder
+from fedfleet.server.run.resume import continue_run, resume_point
+from fedfleet.server.run.round_policy import RoundPolicy
+from fedfleet.server.run.strategies import make_strategy
+from fedfleet.server.run.watch import RunWatch
+from fedfleet.server.run.wrapper import FedfleetStrategy
 from fedfleet.shared.errors import FedfleetError
 from fedfleet.shared.logs import get_logger
 from fedfleet.shared.models import build_model

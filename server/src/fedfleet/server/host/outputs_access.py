@@ -120,7 +120,7 @@ def share(folder: Path, server_uid: int, owner: tuple[int, int] | None) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of ``python -m fedfleet.server.outputs_access FOLDER``."""
+    """Entry point of ``python -m fedfleet.server.host.outputs_access FOLDER``."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else "")
     parser.add_argument("folder", type=Path)
     parser.add_argument("--server-uid", type=int, default=49999)

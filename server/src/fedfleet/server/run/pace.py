@@ -1,6 +1,6 @@
 """Each device's learned reply time, and the paced round deadline built on it.
 
-With ``--round-deadline paced`` :class:`~fedfleet.server.grid.PromptGrid` keeps a
+With ``--round-deadline paced`` :class:`~fedfleet.server.run.grid.PromptGrid` keeps a
 :class:`PaceBook`: per device (and message type) an estimate of the seconds from the
 push of its instruction to its usable reply.
 

@@ -23,7 +23,7 @@ from fedfleet.shared.version import __version__
 ENTRY_MODULES = {
     "server_app.py": (
         '"""FAB entry point: the ServerApp installed with fedfleet-server."""\n\n'
-        "from fedfleet.server import server_app as _installed\n\n"
+        "from fedfleet.server.run import server_app as _installed\n\n"
         "app = _installed.app\n"
     ),
     "client_app.py": (

@@ -16,12 +16,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from fedfleet.server.authorized_keys import register_authorized_keys
-from fedfleet.server.control import Control, Simulation
-from fedfleet.server.follower import RunFollower
-from fedfleet.server.live import LiveView
-from fedfleet.server.resume import continuation, find_interrupted
-from fedfleet.server.superlink import ServerOptions, start_superlink
+from fedfleet.server.host.authorized_keys import register_authorized_keys
+from fedfleet.server.host.control import Control, Simulation
+from fedfleet.server.host.follower import RunFollower
+from fedfleet.server.host.live import LiveView
+from fedfleet.server.host.superlink import ServerOptions, start_superlink
+from fedfleet.server.run.resume import continuation, find_interrupted
 from fedfleet.shared import process
 from fedfleet.shared.errors import FedfleetError
 from fedfleet.shared.runrecord import summary

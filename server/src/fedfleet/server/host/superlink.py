@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from fedfleet.server.control import Control, connect
+from fedfleet.server.host.control import Control, connect
 from fedfleet.shared import process
 from fedfleet.shared.errors import FedfleetError
 

@@ -9,7 +9,7 @@
   with every client's reason; the global model of that round is not changed.
 
 How long a round collects replies (quorum, grace, deadline) is the grid's part:
-:class:`fedfleet.server.grid.PromptGrid`.
+:class:`fedfleet.server.run.grid.PromptGrid`.
 """
 
 from __future__ import annotations

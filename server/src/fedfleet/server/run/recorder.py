@@ -1,6 +1,6 @@
 """The run's bookkeeper: builds each round's row from what the intake reported.
 
-:class:`RunRecorder` owns the :class:`~fedfleet.server.record.RunRecord` of one run.
+:class:`RunRecorder` owns the :class:`~fedfleet.shared.runrecord.RunRecord` of one run.
 The strategy wrapper tells it when a round starts, what the intake made of the
 replies, what the strategy aggregated, and when the round ends; the recorder keeps
 the clients, errors and timings, files the clients' scores of the previous global
@@ -24,8 +24,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, cast
 
-from fedfleet.server.intake import EvalScore, IntakeResult
-from fedfleet.server.run_files import RunFiles
+from fedfleet.server.results.run_files import RunFiles
+from fedfleet.server.run.intake import EvalScore, IntakeResult
 from fedfleet.shared.constants import NUM_EXAMPLES_KEY
 from fedfleet.shared.metrics import CATALOG, Catalog
 from fedfleet.shared.runrecord import (

@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from fedfleet.server.strategies import strategy_kwargs
+from fedfleet.server.run.strategies import strategy_kwargs
 from fedfleet.shared.data import load_dataset
 from fedfleet.shared.settings import RunSettings
 from fedfleet.shared.version import __version__

@@ -11,8 +11,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from fedfleet.server.control import Control
-from fedfleet.server.progress import RoundProgress, read_progress
+from fedfleet.server.host.control import Control
+from fedfleet.server.run.progress import RoundProgress, read_progress
 from fedfleet.shared.errors import FedfleetError
 from fedfleet.shared.runrecord import RunRecord, read_record, round_line
 
@@ -27,7 +27,7 @@ class RunFollower:
     on_line: Callable[[str], None] = print
     status_every: float = 30.0  # a `flwr ls` costs ~1 s of CPU; the metrics file is primary
     show: Callable[[RunRecord | None, RoundProgress | None], None] | None = None
-    """A live view (:class:`fedfleet.server.live.LiveView`); then no lines are printed."""
+    """A live view (:class:`fedfleet.server.host.live.LiveView`); then no lines are printed."""
     seen: int = field(default=0, init=False)
 
     def follow(self, alive: Callable[[], bool] = lambda: True) -> RunRecord:

@@ -5,7 +5,7 @@ checkpoint as before) bounds a long run's ``checkpoints/`` folder. After each ro
 the folder keeps:
 
 - the checkpoints of the newest ``N`` rounds present, which include the last round
-  (the one an interrupted run resumes from, see :mod:`fedfleet.server.resume`);
+  (the one an interrupted run resumes from, see :mod:`fedfleet.server.run.resume`);
 - the best round: highest test-set accuracy (``central_accuracy``), or, in a run
   without a server test set, highest federated evaluation accuracy
   (``eval_accuracy``); the earliest round wins a tie, so the best does not move
@@ -41,7 +41,7 @@ from fedfleet.shared.recordview import number
 log = logging.getLogger("fedfleet")
 
 CHECKPOINT_NAME = re.compile(r"round-(\d{3,9})\.(keras|state\.npz)")
-"""The names :func:`fedfleet.server.run_files.checkpoint_path` and ``state_path`` give."""
+"""The names :func:`fedfleet.server.results.run_files.checkpoint_path` and ``state_path`` give."""
 
 
 @dataclass(frozen=True)

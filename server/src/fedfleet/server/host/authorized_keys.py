@@ -15,8 +15,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from fedfleet.server.control import Control, Registration
-from fedfleet.server.nodekeys import MAX_KEY_BYTES, NodeKey, inside
+from fedfleet.server.host.control import Control, Registration
+from fedfleet.server.host.nodekeys import MAX_KEY_BYTES, NodeKey, inside
 from fedfleet.shared.atomic import write_atomic
 from fedfleet.shared.errors import FedfleetError
 

@@ -6,16 +6,16 @@ fedfleet round needs; aggregation itself stays the inner strategy's:
 
 1. ``configure_train``: start the round's row, wait (bounded) for enough clients, let
    the inner strategy sample them and build the instructions, encode the global
-   weights for the wire (:mod:`~fedfleet.server.codec`).
+   weights for the wire (:mod:`~fedfleet.server.run.codec`).
 2. ``aggregate_train``: every reply goes through the reply intake
-   (:mod:`~fedfleet.server.intake`); only the messages it rebuilt reach the inner
+   (:mod:`~fedfleet.server.run.intake`); only the messages it rebuilt reach the inner
    strategy, and only if the round policy says there are enough; the aggregate is
    cast back to the model's dtypes.
 3. ``configure_evaluate`` / ``aggregate_evaluate``: the same for Flower's separate
    evaluate message, when the round policy asks for one.
 4. :meth:`round_end` (Flower's ``evaluate_fn``, called after each round): test-set
    scores, checkpoint, strategy state, the round's row, plots/registry/TensorBoard
-   (:mod:`~fedfleet.server.watch`), then the round policy's check.
+   (:mod:`~fedfleet.server.run.watch`), then the round policy's check.
 
 Round numbers: Flower counts this process's rounds from 1; a continuation of an
 interrupted run starts after ``offset`` rounds. Everything here and below works in
@@ -33,13 +33,13 @@ from flwr.app.typing import MetricRecordValues
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
-from fedfleet.server.codec import WeightCodec
-from fedfleet.server.intake import Intake
-from fedfleet.server.progress import ProgressFile
-from fedfleet.server.recorder import RunRecorder
-from fedfleet.server.resume import save_strategy_state
-from fedfleet.server.round_policy import RoundPolicy
-from fedfleet.server.watch import RunWatch
+from fedfleet.server.run.codec import WeightCodec
+from fedfleet.server.run.intake import Intake
+from fedfleet.server.run.progress import ProgressFile
+from fedfleet.server.run.recorder import RunRecorder
+from fedfleet.server.run.resume import save_strategy_state
+from fedfleet.server.run.round_policy import RoundPolicy
+from fedfleet.server.run.watch import RunWatch
 from fedfleet.shared.runrecord import CentralScores
 
 Evaluate = Callable[[ArrayRecord], CentralScores | None]

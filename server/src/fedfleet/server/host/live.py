@@ -16,7 +16,7 @@ import statistics
 import time
 from typing import TextIO
 
-from fedfleet.server.progress import RoundProgress
+from fedfleet.server.run.progress import RoundProgress
 from fedfleet.shared.recordview import RecordView
 from fedfleet.shared.runrecord import RoundRow, RunRecord
 

@@ -15,7 +15,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from fedfleet.server.plots import PLOT_FILES, PLOTS_DIR
+from fedfleet.server.results.plots import PLOT_FILES, PLOTS_DIR
 from fedfleet.shared.atomic import write_atomic
 from fedfleet.shared.metrics import CATALOG, Catalog
 from fedfleet.shared.recordview import (

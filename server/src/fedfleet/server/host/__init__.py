@@ -1,0 +1,1 @@
+"""The host: ``fedfleet server`` and what runs beside the SuperLink, outside any run."""

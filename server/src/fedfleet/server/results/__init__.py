@@ -1,0 +1,1 @@
+"""A run's folder and what is made from it: files, retention, plots, report, export."""
