@@ -23,6 +23,7 @@ from pathlib import Path
 
 from fedfleet.server.control import Control, Simulation
 from fedfleet.server.lifecycle import submit_and_follow
+from fedfleet.server.simulation.availability import ray_nodes_line
 from fedfleet.server.simulation.plan import RUN_CONFIG_KEY, SimulationPlan
 from fedfleet.server.superlink import ServerOptions, start_superlink
 from fedfleet.shared import process
@@ -183,6 +184,9 @@ def simulate(request: SimulateRequest, echo: Echo) -> None:
                                    alive=lambda: superlink.poll() is None,
                                    live=request.live, simulation=submission(request.plan))
         wait_finished(control, run_id, alive=lambda: superlink.poll() is None)
+        placed = ray_nodes_line(request.output_dir / f"run-{run_id}")
+        if placed:
+            echo(placed)
     except KeyboardInterrupt:
         echo("Stopping.")
         raise FedfleetError("stopped before the simulation finished") from None
