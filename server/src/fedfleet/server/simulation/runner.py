@@ -3,8 +3,9 @@
 Start a SuperLink with ``--simulation`` (insecure, on 127.0.0.1 and a free port, its
 state in ``--state-dir``), submit the run as a simulation bundle with the plan in its
 run config and Flower's simulation settings (virtual devices, CPUs and GPUs per
-device) as its federation config, follow it exactly as ``fedfleet run`` does, and
-stop the SuperLink on every way out. The SuperLink's environment sizes TensorFlow's
+device) as its federation config, follow it exactly as ``fedfleet run`` does, say
+which Ray nodes did the work (from ``simulation.json``), and stop the SuperLink on
+every way out. The SuperLink's environment sizes TensorFlow's
 thread pools and, with ``ray_address``, points Flower's ``ray.init()`` at a cluster
 (``RAY_ADDRESS``); ``flwr-simulation`` and a local Ray's workers inherit it.
 """
