@@ -175,6 +175,9 @@ class RayCluster:
         _sh("ip", "-n", self.netns, "link", "set", "lo", "up")
         head = self._ray("head", (), "--head", "--node-ip-address", self.head_ip,
                          "--port", str(self.port), "--include-dashboard=false",
+                         # Ports Ray would otherwise take fixed on the host
+                         # (another Ray there may hold them):
+                         "--dashboard-port", str(free_port()),
                          "--ray-client-server-port", str(free_port()),
                          "--dashboard-agent-listen-port", str(free_port()),
                          "--node-manager-port", str(free_port()),
