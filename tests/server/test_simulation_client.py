@@ -14,7 +14,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 
 from fedfleet.client import client_app as device_app
 from fedfleet.server.simulation import client_app as sim_app
-from fedfleet.server.simulation.plan import RUN_CONFIG_KEY, SimulationPlan
+from fedfleet.server.simulation.plan import PLACEMENT_KEY, RUN_CONFIG_KEY, SimulationPlan
 from fedfleet.shared.settings import RunSettings
 from fedfleet.shared.version import __version__
 
@@ -146,3 +146,26 @@ def test_a_device_clientapp_never_takes_its_data_from_the_run_config(
     reply = device_app.train(_train_message(global_weights, 5, 1), context)
     assert not reply.has_error()
     assert reply.content.metric_records["metrics"]["num-examples"] > 1000  # all of digits
+
+
+def test_in_ray_a_reply_names_the_node_that_computed_it(
+        global_weights: list[np.ndarray], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Train and evaluate replies carry the Ray node, actor and device; outside Ray, none."""
+    # Prepare
+    sim_app.ray_placement.cache_clear()
+    outside = sim_app.train(_train_message(global_weights, 102, 1), _context(2))
+    where = (("ray-node", "ab12"), ("ip", "10.213.0.2"), ("host", "edge"), ("actor", "ff"))
+    monkeypatch.setattr(sim_app, "ray_placement", lambda: where)
+
+    # Execute
+    trained = sim_app.train(_train_message(global_weights, 102, 1), _context(2))
+    evaluated = sim_app.evaluate(Message(RecordDict({"arrays": ArrayRecord(global_weights)}),
+                                         103, "evaluate"), _context(3))
+
+    # Assert
+    assert PLACEMENT_KEY not in outside.content.config_records
+    assert dict(trained.content.config_records[PLACEMENT_KEY]) == {
+        **dict(where), "device": 2}
+    assert evaluated.content.config_records[PLACEMENT_KEY]["device"] == 3
+    assert evaluated.content.config_records[PLACEMENT_KEY]["ip"] == "10.213.0.2"
+    assert trained.content.metric_records["metrics"]["num-examples"] > 0

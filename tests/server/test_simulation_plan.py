@@ -12,12 +12,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from flwr.app import Message
+from flwr.app import ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.supercore.task_identity import TaskIdentity
 
-from fedfleet.server.simulation.availability import AvailabilityGrid, device_reply
+from fedfleet.server.simulation.availability import (
+    AvailabilityGrid,
+    device_reply,
+    ray_nodes_line,
+)
 from fedfleet.server.simulation.plan import (
+    PLACEMENT_KEY,
     QUERY_ACTION,
     RUN_CONFIG_KEY,
     SimulationPlan,
@@ -184,3 +189,61 @@ def test_without_churn_every_node_is_offered_and_none_is_asked() -> None:
     grid = AvailabilityGrid(inner, SimulationPlan(devices=4, data=("x",)))
     grid.round_started(1)
     assert sorted(grid.get_node_ids()) == [100, 101, 102, 103] and inner.queries == 0
+
+
+class RepliesGrid(FakeSimulationGrid):
+    """Pulls return prepared replies."""
+
+    def __init__(self, replies: list[Message]) -> None:
+        super().__init__(4)
+        self.replies = replies
+
+    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
+        return self.replies
+
+
+def _placed_reply(device: int, node: str, ip: str, actor: str) -> Message:
+    msg = Message(RecordDict(), 100 + device, "train")
+    TaskIdentity.node_id = 100 + device
+    reply = Message(RecordDict({
+        "metrics": MetricRecord({"num-examples": 5}),
+        PLACEMENT_KEY: ConfigRecord({"ray-node": node, "ip": ip, "host": "h",
+                                     "actor": actor, "device": device})}), reply_to=msg)
+    TaskIdentity.node_id = 0
+    return reply
+
+
+def test_replies_lose_their_placement_which_is_tallied_per_ray_node(tmp_path: Path) -> None:
+    """The ServerApp sees a device's reply; simulation.json and one line say where it ran."""
+    # Prepare
+    replies = [_placed_reply(0, "n1", "10.0.0.1", "a1"), _placed_reply(1, "n2", "10.0.0.2", "a2"),
+               _placed_reply(2, "n1", "10.0.0.1", "a1"), _placed_reply(0, "n1", "10.0.0.1", "a1"),
+               _placed_reply(3, "n2", "10.0.0.2", "a3")]
+    grid = AvailabilityGrid(RepliesGrid(replies), SimulationPlan(devices=4, data=("x",)),
+                            tmp_path)
+
+    # Execute
+    pulled = list(grid.pull_messages(["m"]))
+
+    # Assert
+    assert len(pulled) == 5
+    assert all(list(r.content.keys()) == ["metrics"] for r in pulled)
+    record = json.loads((tmp_path / "simulation.json").read_text())
+    assert record["ray_nodes"] == [
+        {"node_id": "n1", "ip": "10.0.0.1", "host": "h", "actors": 1, "devices": 2,
+         "replies": 3},
+        {"node_id": "n2", "ip": "10.0.0.2", "host": "h", "actors": 2, "devices": 2,
+         "replies": 2}]
+    assert ray_nodes_line(tmp_path) == (
+        "Ray nodes: 2 (10.0.0.1: 1 actor, 3 replies of 2 devices; "
+        "10.0.0.2: 2 actors, 2 replies of 2 devices)")
+
+
+def test_without_placements_there_is_no_ray_nodes_line(tmp_path: Path) -> None:
+    """No simulation.json, or one with no Ray node, prints nothing."""
+    assert ray_nodes_line(tmp_path) is None
+    grid = AvailabilityGrid(FakeSimulationGrid(2), SimulationPlan(devices=2, data=("x",)),
+                            tmp_path)
+    grid.round_started(1)
+    assert json.loads((tmp_path / "simulation.json").read_text())["ray_nodes"] == []
+    assert ray_nodes_line(tmp_path) is None

@@ -18,11 +18,16 @@ node: it is restored before each train message and saved after it. TensorFlow's 
 This module imports ``fedfleet.client``: it is loaded by ``flwr-simulation`` and in
 its Ray actors, which the ``fedfleet-server[simulation]`` extra provides for, and
 never on a device.
+
+Every train and evaluate reply names where it was computed (:data:`PLACEMENT_KEY`:
+the Ray node's id and IP address, the host name, the actor and the device), so that a
+run on a Ray cluster can tell which machines did its work.
 """
 
 from __future__ import annotations
 
 import os
+import socket
 from functools import lru_cache
 from typing import Any
 
@@ -34,7 +39,7 @@ from flwr.common.constant import PARTITION_ID_KEY
 from fedfleet.client import client_app as device_app
 from fedfleet.client.nodedata import NodeData
 from fedfleet.server.simulation.availability import device_reply
-from fedfleet.server.simulation.plan import QUERY_ACTION, SimulationPlan
+from fedfleet.server.simulation.plan import PLACEMENT_KEY, QUERY_ACTION, SimulationPlan
 from fedfleet.shared import delivery
 from fedfleet.shared.constants import ARRAYS_KEY, CONFIG_KEY, METRICS_KEY
 from fedfleet.shared.fileio import weights_digest
@@ -108,6 +113,33 @@ def without_process_timing(reply: Message) -> Message:
     return reply
 
 
+@lru_cache(maxsize=1)
+def ray_placement() -> tuple[tuple[str, str], ...]:
+    """Return where this process runs in Ray (node id, node IP, host, actor); () outside Ray.
+
+    A process never moves, so this is asked once.
+    """
+    try:
+        import ray
+    except ImportError:
+        return ()
+    if not ray.is_initialized():
+        return ()
+    runtime = ray.get_runtime_context()
+    ip = ray.util.get_node_ip_address()  # type: ignore[no-untyped-call]
+    return (("ray-node", runtime.get_node_id()), ("ip", str(ip)),
+            ("host", socket.gethostname()), ("actor", runtime.get_actor_id() or ""))
+
+
+def with_placement(reply: Message, context: Context) -> Message:
+    """Add :data:`PLACEMENT_KEY` (where this device's work ran) to a good reply in Ray."""
+    where = ray_placement()
+    if where and not reply.has_error():
+        reply.content[PLACEMENT_KEY] = ConfigRecord(
+            {**dict(where), "device": device_index(context)})
+    return reply
+
+
 OPTIMIZER_STATE = "fedfleet-optimizer"
 """``Context.state`` entry: the virtual device's optimizer variables after its last
 train message (a real device's warm trainer keeps them in its compiled model)."""
@@ -148,7 +180,7 @@ def train(msg: Message, context: Context) -> Message:
     reply = device_app.train(msg, node)
     if not reply.has_error():
         save_optimizer(node)
-    return without_process_timing(reply)
+    return with_placement(without_process_timing(reply), context)
 
 
 @app.evaluate()
@@ -156,7 +188,7 @@ def evaluate(msg: Message, context: Context) -> Message:
     """Evaluate as fedfleet's ClientApp does, on this virtual device's hold-out."""
     node = device_context(context)
     fresh_start(msg, context, node)
-    return without_process_timing(device_app.evaluate(msg, node))
+    return with_placement(without_process_timing(device_app.evaluate(msg, node)), context)
 
 
 @app.query(delivery.ACTION)

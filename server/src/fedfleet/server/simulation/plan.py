@@ -33,6 +33,10 @@ QUERY_ACTION = "simulated_device"
 
 DEVICE_KEY = "device"
 
+PLACEMENT_KEY = "simulated-placement"
+"""Reply entry (ConfigRecord) naming the Ray node, actor and device that did the work;
+the availability grid takes it out of the reply and tallies it in ``simulation.json``."""
+
 
 @dataclass(frozen=True)
 class SimulationPlan:

@@ -3,8 +3,9 @@
 Start a SuperLink with ``--simulation`` (insecure, on 127.0.0.1 and a free port, its
 state in ``--state-dir``), submit the run as a simulation bundle with the plan in its
 run config and Flower's simulation settings (virtual devices, CPUs and GPUs per
-device) as its federation config, follow it exactly as ``fedfleet run`` does, and
-stop the SuperLink on every way out. The SuperLink's environment sizes TensorFlow's
+device) as its federation config, follow it exactly as ``fedfleet run`` does, say
+which Ray nodes did the work (from ``simulation.json``), and stop the SuperLink on
+every way out. The SuperLink's environment sizes TensorFlow's
 thread pools and, with ``ray_address``, points Flower's ``ray.init()`` at a cluster
 (``RAY_ADDRESS``); ``flwr-simulation`` and a local Ray's workers inherit it.
 """
@@ -24,6 +25,7 @@ from pathlib import Path
 from fedfleet.server.host.control import Control, Simulation
 from fedfleet.server.host.lifecycle import submit_and_follow
 from fedfleet.server.host.superlink import ServerOptions, start_superlink
+from fedfleet.server.simulation.availability import ray_nodes_line
 from fedfleet.server.simulation.plan import RUN_CONFIG_KEY, SimulationPlan
 from fedfleet.shared import process
 from fedfleet.shared.errors import ConfigError, FedfleetError
@@ -183,6 +185,9 @@ def simulate(request: SimulateRequest, echo: Echo) -> None:
                                    alive=lambda: superlink.poll() is None,
                                    live=request.live, simulation=submission(request.plan))
         wait_finished(control, run_id, alive=lambda: superlink.poll() is None)
+        placed = ray_nodes_line(request.output_dir / f"run-{run_id}")
+        if placed:
+            echo(placed)
     except KeyboardInterrupt:
         echo("Stopping.")
         raise FedfleetError("stopped before the simulation finished") from None
