@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from cryptography import x509
 
-from fedfleet.server.host.secrets import create_fleet_secrets
+from fedfleet.server.host.compose_secrets import create_fleet_secrets
 from fedfleet.shared.errors import FedfleetError
 
 

@@ -37,7 +37,7 @@ def secrets(folder: Path, clients: int, host: tuple[str, ...], group: int | None
     Example:
         fedfleet secrets ./secrets --clients 3 --host fl.example.org
     """
-    from fedfleet.server.host.secrets import create_fleet_secrets
+    from fedfleet.server.host.compose_secrets import create_fleet_secrets
 
     names = [f"client-{i}" for i in range(1, clients + 1)]
     extra = [h.strip() for arg in host for h in arg.split(",") if h.strip()]
