@@ -358,9 +358,12 @@ def agreement(procs: Processes, opts: argparse.Namespace) -> dict[str, Any]:
     """Run the same 3-device run simulated and real, ``opts.repeats`` times each."""
     args = ["--rounds", str(opts.rounds), *AGREEMENT_SETTINGS, *opts.extra]
     runs: dict[str, list[dict[str, Any]]] = {"sim": [], "real": []}
-    for rep in range(1, opts.repeats + 1):
-        runs["sim"].append(simulate(procs, f"sim-{rep}", ["--devices", "3", *args]))
-        runs["real"].append(real_run(procs, f"real-{rep}", 3, args))
+    sim_repeats = opts.repeats if opts.sim_repeats is None else opts.sim_repeats
+    for rep in range(1, max(opts.repeats, sim_repeats) + 1):
+        if rep <= sim_repeats:
+            runs["sim"].append(simulate(procs, f"sim-{rep}", ["--devices", "3", *args]))
+        if rep <= opts.repeats:
+            runs["real"].append(real_run(procs, f"real-{rep}", 3, args))
     return {"part": "agreement", "settings": args, "runs": runs,
             "verdict": _verdict(runs, opts.rounds)}
 
@@ -485,6 +488,9 @@ def _parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, default=None,
                         help="rounds (throughput 3, agreement 5, optimizers 10)")
     parser.add_argument("--repeats", type=int, default=2, help="agreement: runs of each")
+    parser.add_argument("--sim-repeats", type=int, default=None,
+                        help="agreement: simulated runs, if not --repeats (a simulation "
+                        "is seeded: its repeats are identical)")
     parser.add_argument("--devices", type=int, default=100, help="optimizers: devices")
     parser.add_argument("--alpha", type=float, default=0.3,
                         help="optimizers: Dirichlet alpha")
