@@ -66,8 +66,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "tests"))
 sys.path.insert(0, str(Path(__file__).parent))
-from ports import free_port  # noqa: E402
-from sampler import MIB, cmdline, process_table, tree_pids  # noqa: E402
+from ports import free_port
+from sampler import MIB, cmdline, process_table, tree_pids
 
 VENV_BIN = Path(sys.executable).parent
 FEDFLEET = str(VENV_BIN / "fedfleet")
