@@ -339,7 +339,10 @@ class FakeLocal:
         self.api = self
 
     def inspect_image(self, ref: str) -> dict[str, Any]:
-        image = self.catalog[ref]
+        """Describe ``ref``; an unknown one is Docker's 404 (ImageNotFound)."""
+        image = self.catalog.get(ref)
+        if image is None:
+            raise docker.errors.ImageNotFound(f"No such image: {ref}")
         return {"Id": image.id, "Architecture": image.arch, "Os": "linux", "Size": image.size}
 
     def get_image(self, ref: str, chunk_size: int) -> Iterator[bytes]:
