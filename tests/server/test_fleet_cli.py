@@ -6,6 +6,7 @@ import hashlib
 import json
 import re
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import docker.errors
@@ -415,3 +416,24 @@ def test_remove_goes_on_past_an_unreachable_device(bench: Bench) -> None:
         "Error: 1 of 2 devices failed: edge-2 (reasons above)"]
     assert bench.server.rows[101]["status"] == "unregistered"
     assert bench.server.rows[102]["status"] == "online"
+
+
+def test_status_watch_on_a_terminal_redraws_in_place(
+        bench: Bench, monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a terminal each refresh first clears the screen."""
+    # Prepare
+    class Terminal:
+        stdout = SimpleNamespace(isatty=lambda: True)
+
+    def sleep(seconds: float) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(fleet_cli, "sys", Terminal)
+    monkeypatch.setattr(fleet_cli.time, "sleep", sleep)
+    # Execute
+    result = CliRunner().invoke(cli, ["fleet", "status", "-i", str(bench.inventory), "--watch"],
+                                color=True)  # a terminal: click keeps the escapes
+    # Assert
+    assert result.exit_code == 0, result.output
+    assert result.output.startswith("\x1b[H\x1b[2J")
+    assert result.output.count("\x1b[H\x1b[2J") == 1
