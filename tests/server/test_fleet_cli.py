@@ -437,3 +437,26 @@ def test_status_watch_on_a_terminal_redraws_in_place(
     assert result.exit_code == 0, result.output
     assert result.output.startswith("\x1b[H\x1b[2J")
     assert result.output.count("\x1b[H\x1b[2J") == 1
+
+
+def test_a_docker_error_during_logs_or_exec_is_one_line(
+        bench: Bench, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The device's daemon fails mid-command: one line naming the device, exit 1."""
+    # Prepare
+    _deployed(bench, "edge-1")
+    container = bench.devices["edge-1"].containers.get("fedfleet-edge-1")
+
+    def fails(*args: Any, **kwargs: Any) -> Any:
+        raise docker.errors.APIError("500 Server Error", explanation="error from daemon "
+                                                                     "in stream: EOF")
+
+    monkeypatch.setattr(container, "logs", fails)
+    monkeypatch.setattr(container, "exec_run", fails)
+    # Execute
+    logs = bench.fleet("logs", "edge-1")
+    executed = bench.fleet("exec", "edge-1", "--", "doctor")
+    # Assert
+    for result in (logs, executed):
+        assert result.exit_code == 1
+        assert result.output == ("Error: device edge-1: its Docker failed (APIError): "
+                                 "error from daemon in stream: EOF\n")
