@@ -11,6 +11,7 @@ from typing import Any
 
 import docker.errors
 import pytest
+import requests
 from click.testing import CliRunner, Result
 from fake_docker import FakeDevice, FakeImage, FakeLocal, FakeServer
 
@@ -460,3 +461,22 @@ def test_a_docker_error_during_logs_or_exec_is_one_line(
         assert result.exit_code == 1
         assert result.output == ("Error: device edge-1: its Docker failed (APIError): "
                                  "error from daemon in stream: EOF\n")
+
+
+def test_a_connection_lost_while_following_logs_is_one_line(bench: Bench) -> None:
+    """The device drops off mid --follow: what was printed stays, then one line, exit 1."""
+    # Prepare
+    _deployed(bench, "edge-1")
+    container = bench.devices["edge-1"].containers.get("fedfleet-edge-1")
+
+    def stream(**kwargs: Any) -> Any:
+        yield b"round 1\n"
+        raise requests.exceptions.ConnectionError("Connection reset by peer")
+
+    container.logs = stream
+    # Execute
+    result = bench.fleet("logs", "edge-1", "--follow")
+    # Assert
+    assert result.exit_code == 1
+    assert result.output == ("round 1\nError: device edge-1: its Docker failed "
+                             "(ConnectionError): Connection reset by peer\n")
