@@ -74,7 +74,7 @@ def _tar(files: dict[str, bytes]) -> bytes:
 
 
 class _Result:
-    def __init__(self, code: int, output: bytes) -> None:
+    def __init__(self, code: int, output: Any) -> None:
         self.exit_code, self.output = code, output
 
 
@@ -135,9 +135,13 @@ class FakeContainer:
         """Return the setup container's exit status."""
         return {"StatusCode": 0}
 
-    def logs(self, tail: int | None = None, **kwargs: Any) -> bytes:
-        """Return what the container printed."""
-        return self.output
+    def logs(self, stream: bool = False, follow: bool = False, tail: int | str = "all",
+             **kwargs: Any) -> bytes | Iterator[bytes]:
+        """Return what the container printed (the last ``tail`` lines), or stream it."""
+        lines = self.output.splitlines(keepends=True)
+        if isinstance(tail, int):
+            lines = lines[len(lines) - tail:] if tail else []
+        return iter(lines) if stream else b"".join(lines)
 
     def put_archive(self, path: str, data: bytes) -> bool:
         """Store the tar's files in the volume mounted at ``path``."""
@@ -157,9 +161,24 @@ class FakeContainer:
         self.daemon.read_files.append(path)
         return iter([_tar({name: files[name]})]), {}
 
-    def exec_run(self, cmd: list[str], **kwargs: Any) -> _Result:
-        """Answer ``cat activity.json`` with the device's activity."""
-        return _Result(0, json.dumps(self.daemon.activity).encode())
+    def exec_run(self, cmd: list[str], demux: bool = False, **kwargs: Any) -> _Result:
+        """Answer ``cat activity.json`` with the device's activity, others from ``replies``.
+
+        As Docker does, a stopped container refuses (409), and ``demux=True`` gives
+        the output as ``(stdout, stderr)`` with None for an empty stream.
+        """
+        if self.status != "running":
+            raise docker.errors.APIError(f"409 Client Error: Conflict (\"container {self.id} "
+                                         "is not running\")")
+        self.daemon.executed.append(list(cmd))
+        if cmd[0] == "cat":
+            code, out, err = 0, json.dumps(self.daemon.activity).encode(), b""
+        else:
+            code, out, err = self.daemon.replies.get(
+                tuple(cmd), (127, b"", f"exec: {cmd[0]}: not found\n".encode()))
+        if demux:
+            return _Result(code, (out or None, err or None))
+        return _Result(code, out + err)
 
     def rename(self, name: str) -> None:
         """Give the container another name."""
@@ -281,6 +300,8 @@ class FakeDevice:
         self.started: list[str] = []
         self.loaded: list[str] = []
         self.read_files: list[str] = []
+        self.executed: list[list[str]] = []
+        self.replies: dict[tuple[str, ...], tuple[int, bytes, bytes]] = {}
         self.ids = itertools.count(1)
         self.api = _Api(self)
         self.containers = _Containers(self)
@@ -318,7 +339,10 @@ class FakeLocal:
         self.api = self
 
     def inspect_image(self, ref: str) -> dict[str, Any]:
-        image = self.catalog[ref]
+        """Describe ``ref``; an unknown one is Docker's 404 (ImageNotFound)."""
+        image = self.catalog.get(ref)
+        if image is None:
+            raise docker.errors.ImageNotFound(f"No such image: {ref}")
         return {"Id": image.id, "Architecture": image.arch, "Os": "linux", "Size": image.size}
 
     def get_image(self, ref: str, chunk_size: int) -> Iterator[bytes]:

@@ -9,9 +9,11 @@ from typing import Any
 import numpy as np
 import pytest
 
-from fedfleet.server.results.run_files import state_path
+from fedfleet.server.results.run_files import RunFiles, state_path
+from fedfleet.server.run.recorder import RunRecorder
 from fedfleet.server.run.resume import (
     continuation,
+    continue_run,
     find_interrupted,
     interrupted_runs,
     restore_strategy_state,
@@ -105,3 +107,77 @@ def test_strategy_state_round_trips(tmp_path: Path) -> None:
     fresh = Adam()
     restore_strategy_state(fresh, state_path(tmp_path, 4))
     assert fresh.m_t is None and fresh.v_t is None
+
+
+def _tiny_model(seed: int) -> Any:
+    import keras
+
+    keras.utils.set_random_seed(seed)
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    model.compile(optimizer="sgd", loss="mse")
+    return model
+
+
+def _interrupted(tmp_path: Path, with_state: bool) -> tuple[Path, Any]:
+    """Run 11 stopped after round 2 of 5, its real checkpoint (and FedAdam state) on disk."""
+    run_dir = _run(tmp_path / "outputs", 11, "running", 2)
+    saved = _tiny_model(1)
+    saved.save(run_dir / "checkpoints" / "round-002.keras")
+    if with_state:
+        adam = Adam()
+        adam.m_t, adam.v_t = {"0": np.full(3, 0.5)}, {"0": np.full(3, 0.25)}
+        save_strategy_state(adam, state_path(run_dir, 2))
+    record = json.loads((run_dir / "metrics.json").read_text())
+    record["initial"] = {"central_loss": 2.3, "central_accuracy": 0.1}
+    record["participation"] = {"101": {"asked": 2, "contributed": 1}}
+    (run_dir / "metrics.json").write_text(json.dumps(record))
+    return run_dir, saved
+
+
+def test_continue_run_starts_from_the_last_checkpoint_and_links_the_records(
+        tmp_path: Path) -> None:
+    """Weights, FedAdam state and history carry over; both records point at each other."""
+    # Prepare
+    run_dir, saved = _interrupted(tmp_path, with_state=True)
+    point = resume_point(run_dir)
+    assert point is not None
+    model, strategy = _tiny_model(2), Adam()
+    files = RunFiles(tmp_path / "outputs" / "run-12")
+    recorder = RunRecorder(files, {"run_id": 12, "num_rounds": 5})
+    # Execute
+    offset = continue_run(point, 12, model, strategy, recorder)
+    # Assert
+    assert offset == 2
+    for got, want in zip(model.get_weights(), saved.get_weights(), strict=True):
+        np.testing.assert_almost_equal(got, want)
+    assert strategy.m_t is not None and strategy.v_t is not None
+    np.testing.assert_almost_equal(strategy.v_t["0"], np.full(3, 0.25))
+    assert files.checkpoint(2).read_bytes() == point.checkpoint.read_bytes()
+    assert files.state(2).read_bytes() == point.state.read_bytes()
+    new = json.loads(files.metrics_json.read_text())
+    assert new["run"]["resumed_from"] == {"run_id": 11, "round": 2}
+    assert [row["round"] for row in new["rounds"]] == [1, 2]
+    assert new["initial"] == {"central_loss": 2.3, "central_accuracy": 0.1}
+    assert new["participation"] == {"101": {"asked": 2, "contributed": 1}}
+    old = json.loads((run_dir / "metrics.json").read_text())
+    assert (old["status"], old["continued_by"]) == ("interrupted", 12)
+    assert resume_point(run_dir) is None  # not picked up a second time
+
+
+def test_continue_run_without_state_or_a_folder(tmp_path: Path) -> None:
+    """A stateless strategy and a run without files: weights only, the old record marked."""
+    # Prepare
+    run_dir, saved = _interrupted(tmp_path, with_state=False)
+    point = resume_point(run_dir)
+    assert point is not None and not point.state.exists()
+    model, strategy = _tiny_model(3), Adam()
+    recorder = RunRecorder(None, {"run_id": 12, "num_rounds": 5})
+    # Execute
+    offset = continue_run(point, 12, model, strategy, recorder)
+    # Assert
+    assert offset == 2
+    np.testing.assert_almost_equal(model.get_weights()[0], saved.get_weights()[0])
+    assert strategy.m_t is None and strategy.v_t is None
+    assert recorder.record["run"]["resumed_from"] == {"run_id": 11, "round": 2}
+    assert sorted(p.name for p in (tmp_path / "outputs").iterdir()) == ["run-11"]
+    assert json.loads((run_dir / "metrics.json").read_text())["status"] == "interrupted"

@@ -9,6 +9,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import click
+import docker.errors
+import requests
 
 from fedfleet.server.fleet.channels import close_quietly, connect
 from fedfleet.server.fleet.common import Outcome
@@ -189,6 +191,16 @@ def _one_device(inventory: Path, name: str) -> DeviceSpec:
     return load_inventory(inventory).select([name])[0]
 
 
+DOCKER_FAILURES = (docker.errors.DockerException, requests.exceptions.RequestException)
+"""What the device's daemon or the connection to it raise while a command talks to it."""
+
+
+def _docker_failed(name: str, err: Exception) -> FedfleetError:
+    """Return the one-line error for a Docker call on device ``name`` that failed."""
+    text = str(getattr(err, "explanation", None) or err).strip()
+    return FedfleetError(f"device {name}: its Docker failed ({type(err).__name__}): {text}")
+
+
 @fleet.command("logs")
 @click.argument("name")
 @_common
@@ -217,6 +229,8 @@ def fleet_logs(name: str, inventory: Path, state_dir: Path, follow: bool, tail: 
                 out.flush()
         except KeyboardInterrupt:
             pass
+    except DOCKER_FAILURES as err:
+        raise _docker_failed(name, err) from None
     finally:
         close_quietly(client)
 
@@ -244,6 +258,8 @@ def fleet_exec(name: str, args: tuple[str, ...], inventory: Path, state_dir: Pat
             raise FedfleetError(f"the client container on {name} is {container.status}; "
                                 f"see 'fedfleet fleet logs {name}'")
         result = container.exec_run(["fedfleet", *args], demux=True)
+    except DOCKER_FAILURES as failure:
+        raise _docker_failed(name, failure) from None
     finally:
         close_quietly(client)
     out, err = result.output

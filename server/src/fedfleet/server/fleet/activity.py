@@ -29,9 +29,9 @@ def read_activity(container: Any) -> dict[str, Any] | None:
 
 def describe(activity: dict[str, Any], short: bool = False) -> str:
     """Describe the message a busy device is answering, from its activity.json."""
-    kind = activity.get("message_type") or "a"
+    kind = activity.get("message_type")
     where = f"round {activity['round']}" if activity.get("round") else ""
     if short:
         return " ".join(filter(None, [kind, where])) or "message"
-    return " ".join(filter(None, [f"its {kind} message", where and f"of {where}",
+    return " ".join(filter(None, [f"its {kind or 'a'} message", where and f"of {where}",
                                   f"in run {activity.get('run_id')}"]))

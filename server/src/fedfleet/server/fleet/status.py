@@ -134,8 +134,8 @@ def gather(inventory: Inventory, fleet: Fleet, names: Sequence[str], parallel: i
 
     rows = each(names, one, parallel)
     if server_error:
-        for row in rows:
-            row.setdefault("online", "unknown")
+        for row in rows:  # with no node list, "not registered" would be a guess
+            row["online"] = "unknown"
         rows.append({"device": "(server)", "reachable": False, "error": server_error})
     return rows
 
