@@ -378,3 +378,30 @@ def test_bad_data_on_a_device_is_reported_not_crash_looped(
         for container in started.values():
             subprocess.run(["docker", "rm", "--force", container], capture_output=True,
                            timeout=120, check=False)
+
+
+def test_up_builds_each_image_once_and_pulls_nothing() -> None:
+    """A fresh `up --build` builds server, gateway and client once each; no registry."""
+    # Prepare: a version no image has, as on a fresh clone
+    env = {"FEDFLEET_VERSION": f"0.0.0-{uuid.uuid4().hex[:8]}"}
+    project = f"fedfleet-dry-{uuid.uuid4().hex[:8]}"
+    # Execute
+    config = compose(project, env, "config", "--format", "json", timeout=60)
+    dry = compose(project, env, "--dry-run", "up", "--build", timeout=120)
+    # Assert
+    assert config.returncode == 0, config.stderr
+    services = json.loads(config.stdout)["services"]
+    assert {name: s.get("pull_policy") for name, s in services.items()} == {
+        name: "never" for name in services}
+    builders: dict[str, list[str]] = {}
+    for name, service in services.items():
+        if "build" in service:
+            builders.setdefault(service["image"], []).append(name)
+    assert sorted(builders.values()) == [["client-1"], ["gateway"], ["server"]]
+    assert {s["image"] for s in services.values()} == set(builders)
+    output = dry.stdout + dry.stderr
+    assert dry.returncode == 0, output
+    assert "Pull" not in output and "registry" not in output
+    built = {image: len(re.findall(rf"Image {re.escape(image)} Building", output))
+             for image in builders}
+    assert len(set(built.values())) == 1 and min(built.values()) > 0, built
