@@ -391,8 +391,8 @@ def test_up_builds_each_image_once_and_pulls_nothing() -> None:
     # Assert
     assert config.returncode == 0, config.stderr
     services = json.loads(config.stdout)["services"]
-    assert {name: s.get("pull_policy") for name, s in services.items()} == {
-        name: "never" for name in services}
+    policies = {name: s.get("pull_policy") for name, s in services.items()}
+    assert policies == dict.fromkeys(services, "never")
     builders: dict[str, list[str]] = {}
     for name, service in services.items():
         if "build" in service:

@@ -41,3 +41,12 @@ def test_only_the_outlier_is_flagged() -> None:
     assert list(norm_outliers(norms, 10)) == ["d"]
     assert norm_outliers(norms, 0) == {}
     assert norm_outliers({"a": 1.0, "b": 500.0}, 10) == {}  # two replies: undecidable
+
+
+@pytest.mark.parametrize("value", [10**5000, [1] * 1_000_000, 1e300, "12", True],
+                         ids=["huge-int", "long-list", "huge-float", "text", "bool"])
+def test_a_hostile_example_count_is_refused_in_one_short_line(value: object) -> None:
+    """num-examples that is huge, a list, text or a bool: refused, never a crash."""
+    with pytest.raises(UpdateRejected) as err:
+        check_values([np.ones(2)], value, 100)
+    assert len(str(err.value)) < 120 and str(err.value).startswith("num-examples ")

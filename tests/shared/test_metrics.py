@@ -98,3 +98,21 @@ def test_skipped_names_are_neither_kept_nor_noted() -> None:
     checked = CATALOG.check({"num-examples": -3, "train_loss": 1.0}, "train",
                             skip=("num-examples",))
     assert checked.kept == {"train_loss": 1.0} and checked.dropped == []
+
+
+class _NoRepr:
+    def __repr__(self) -> str:
+        raise RuntimeError("no repr")
+
+
+@pytest.mark.parametrize("value", [10**5000, [0.5] * 750_000, _NoRepr(), "x\x00" * 10_000],
+                         ids=["huge-int", "long-list", "no-repr", "long-text"])
+def test_a_refusal_never_raises_and_stays_short(value: object) -> None:
+    """A value that is huge, unprintable or whose repr fails is refused in one short note."""
+    # Execute
+    checked = CATALOG.check({"train_loss": value}, "train")
+    # Assert
+    assert checked.kept == {}
+    (note,) = checked.dropped
+    assert note.startswith("dropped train_loss: ") and note.endswith("is not a finite number")
+    assert len(note) < 100 and note.isprintable()

@@ -25,6 +25,7 @@ This module imports neither Flower nor Keras.
 from __future__ import annotations
 
 import math
+import reprlib
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -127,9 +128,22 @@ def finite(value: object) -> float | None:
     return number if math.isfinite(number) else None
 
 
+_SHORT = reprlib.Repr()
+_SHORT.maxlevel = 2
+_SHORT.maxlist = _SHORT.maxtuple = _SHORT.maxdict = _SHORT.maxset = 4
+_SHORT.maxstring, _SHORT.maxlong, _SHORT.maxother = 60, 40, 60
+
+
 def show(value: object, limit: int = 40) -> str:
-    """Return ``repr(value)`` on one line, printable only, cut to ``limit`` characters."""
-    raw = repr(value) if not isinstance(value, str) else repr(value[:limit + 1])
+    """Return ``repr(value)`` on one line, printable only, cut to ``limit`` characters.
+
+    Never raises, and costs little whatever a device sent: the text is made by a
+    bounded ``reprlib`` (a few items of a list, a few digits of a huge number).
+    """
+    try:
+        raw = _SHORT.repr(value)
+    except Exception:  # a value whose repr fails still gets a name
+        raw = f"<{type(value).__name__}>"
     text = "".join(ch if ch.isprintable() else " " for ch in raw[:limit])
     return text if len(raw) <= limit else f"{text}..."
 

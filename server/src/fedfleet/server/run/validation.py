@@ -19,6 +19,7 @@ from flwr.app import Array, ArrayRecord
 
 from fedfleet.shared.compression import float16_header, update_layout
 from fedfleet.shared.errors import FedfleetError, ModelMismatchError
+from fedfleet.shared.metrics import finite, show
 from fedfleet.shared.npy import read_npy
 from fedfleet.shared.weights import WeightSpec
 
@@ -42,11 +43,12 @@ def check_values(weights: Sequence[np.ndarray], num_examples: object,
         if not np.all(np.isfinite(array)):
             bad = int(np.size(array) - np.count_nonzero(np.isfinite(array)))
             raise UpdateRejected(f"{bad} non-finite value(s) (NaN/inf) in weight {index}")
-    if isinstance(num_examples, bool) or not isinstance(num_examples, (int, float)) or \
-            not math.isfinite(num_examples) or num_examples != int(num_examples):
-        raise UpdateRejected(f"num-examples {num_examples!r} is not a whole number")
-    if not 0 < num_examples <= max_examples:
-        raise UpdateRejected(f"num-examples {int(num_examples)} is outside 1..{max_examples} "
+    count = finite(num_examples)
+    if count is None or count != int(count):
+        raise UpdateRejected(f"num-examples {show(num_examples)} is not a whole number")
+    if not 0 < count <= max_examples:
+        shown = f"{int(count)}" if abs(count) < 1e15 else f"{count:g}"
+        raise UpdateRejected(f"num-examples {shown} is outside 1..{max_examples} "
                              "(raise --max-examples if real)")
 
 
