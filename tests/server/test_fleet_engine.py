@@ -7,6 +7,7 @@ import hashlib
 import io
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from fake_docker import FakeDevice, FakeImage, FakeLocal, FakeServer
@@ -14,6 +15,7 @@ from fake_docker import FakeDevice, FakeImage, FakeLocal, FakeServer
 from fedfleet.server.fleet.common import DeviceError, Fleet, Outcome
 from fedfleet.server.fleet.engine import DeviceEngine
 from fedfleet.server.fleet.images import LocalImages
+from fedfleet.server.fleet.nodes import RegistryError
 from fedfleet.server.fleet.parallel import Board
 from fedfleet.server.fleet.removal import remove
 from fedfleet.server.fleet.rollout import rollout, summary
@@ -341,3 +343,37 @@ def test_fleet_update_prints_each_device_and_fails_with_the_stopped_ones(
     assert "edge-3  not updated: the rollout stopped" in lines
     assert lines[-2:] == ["1 of 3 devices up to date (1 changed)",
                           "Error: 2 of 3 devices failed: edge-2, edge-3 (reasons above)"]
+
+
+
+class _FailingServer(FakeServer):
+    """A registry that stops answering once ``failing()`` says so."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.failing: Callable[[], bool] = lambda: False
+
+    def nodes(self, fresh: bool = False) -> dict[int, dict[str, Any]]:
+        if self.failing():
+            raise RegistryError("the server's Control API did not answer")
+        return super().nodes(fresh)
+
+
+def test_a_switch_whose_server_stops_answering_is_rolled_back(tmp_path: Path) -> None:
+    """The registry fails while the new container is checked: the old one runs again."""
+    # Prepare: the server fails once the new client (V2) has started
+    site = Site(tmp_path)
+    site.server = server = _FailingServer()
+    site.fleet = dataclasses.replace(site.fleet, registry=server)
+    site.engine("edge-1", V1).apply()
+    device = site.devices["edge-1"]
+    server.failing = lambda: any(c.image.id == V2.id and c.status == "running"
+                                 for c in device.store.values())
+    # Execute
+    with pytest.raises(DeviceError) as caught:
+        site.engine("edge-1", V2).apply()
+    # Assert
+    assert str(caught.value) == ("the server's Control API did not answer; rolled back to "
+                                 f"the previous container ({V1.id[7:19]})")
+    assert [(c.name, c.image.id, c.status) for c in device.store.values()] == \
+        [("fedfleet-edge-1", V1.id, "running")]

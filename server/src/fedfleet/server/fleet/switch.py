@@ -13,12 +13,14 @@ from typing import Any
 
 import docker
 import docker.errors
+import requests
 
 from fedfleet.server.fleet.activity import describe, read_activity
 from fedfleet.server.fleet.common import Device, DeviceError, short_id
 from fedfleet.server.fleet.container import PREVIOUS_TAG, split_config
 from fedfleet.server.fleet.images import split_ref
 from fedfleet.server.fleet.nodes import node_state
+from fedfleet.shared.errors import FedfleetError
 
 POLL = 2.0
 """Seconds between looks at a starting container."""
@@ -52,19 +54,39 @@ def switch(device: Device, current: Any, config: dict[str, Any], node_id: int | 
         new.start()
         device.say("started; waiting until healthy and online")
         wait_ready(device, new, node_id, before)
-    except (DeviceError, docker.errors.APIError) as err:
-        reason = str(err) if isinstance(err, DeviceError) else \
-            f"the device refused the container: {err.explanation or err}"
-        if new is not None:
-            new.remove(force=True)
+    except (FedfleetError, docker.errors.APIError,
+            requests.exceptions.RequestException) as err:
+        reason = _why(err)
         if current is None:
+            _remove_new(new)
             raise DeviceError(reason) from None
-        current.rename(name)
-        current.start()
+        try:
+            _remove_new(new)
+            current.rename(name)
+            current.start()
+        except (docker.errors.APIError, requests.exceptions.RequestException) as again:
+            raise DeviceError(
+                f"{reason}; the rollback failed too ({_why(again)}): the previous "
+                f"container is {previous_name}; run the update again") from None
         raise DeviceError(f"{reason}; rolled back to the previous container "
                           f"({short_id(current.image.id)})") from None
     if current is not None:
         current.remove(force=True)
+
+
+def _why(err: BaseException) -> str:
+    """Return why a switch failed, in one line, whichever layer said so."""
+    if isinstance(err, FedfleetError):
+        return str(err)
+    if isinstance(err, docker.errors.APIError):
+        return f"the device refused the container: {err.explanation or err}"
+    return f"the connection to the device broke: {err}"
+
+
+def _remove_new(new: Any) -> None:
+    """Remove the new container, if it was created."""
+    if new is not None:
+        new.remove(force=True)
 
 
 def create(device: Device, config: dict[str, Any]) -> Any:
