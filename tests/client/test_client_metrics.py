@@ -120,3 +120,15 @@ def test_a_cross_clock_reading_below_zero_is_left_out(
     # Assert
     assert "queue_s" not in metrics and metrics["startup_s"] >= 0
     _assert_catalogued("evaluate", metrics)
+
+
+def test_a_wall_clock_step_back_leaves_handler_s_out() -> None:
+    """The device's clock stepped back during the handler: no negative handler_s."""
+    # Prepare
+    msg = Message(RecordDict(), 5, "evaluate")
+    entered = time.time() + 30.0  # as if the clock went back 30 s since the handler began
+    # Execute
+    metrics = client_app._with_timing({}, msg, entered, warm=False)
+    # Assert
+    assert "handler_s" not in metrics
+    assert all(CATALOG[k].refusal(v) is None for k, v in metrics.items())

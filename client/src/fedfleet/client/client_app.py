@@ -92,19 +92,21 @@ def _with_timing(metrics: dict[str, Any], msg: Message, entered: float, warm: bo
     ``queue_s``: message created on the server until this process started (delivery
     polling and process launch); ``startup_s``: process start until the handler ran
     at ``entered`` (Python, Flower and fedfleet imports); ``handler_s``: the handler
-    itself. ``queue_s`` spans the server's clock and this device's, and ``startup_s``
-    reads the process start at tick resolution: a reading the catalog refuses (below
-    0) is only clock offset or rounding, so it is left out.
+    itself (on the wall clock, like the process start: a clock step back can make it
+    negative). ``queue_s`` spans the server's clock and this device's, and ``startup_s``
+    reads the process start at tick resolution. A reading the catalog refuses (below
+    0) is only clock offset, rounding or a step, so it is left out.
     """
     started = process_started_at()
     now = time.time()
     metrics["warm"] = 1.0 if warm else 0.0
+    timings = [("handler_s", now - entered)]
     if started is not None:
-        for key, value in (("queue_s", started - msg.metadata.created_at),
-                           ("startup_s", entered - started)):
-            if CATALOG[key].refusal(value) is None:
-                metrics[key] = value
-    metrics["handler_s"] = now - entered
+        timings += [("queue_s", started - msg.metadata.created_at),
+                    ("startup_s", entered - started)]
+    for key, value in timings:
+        if CATALOG[key].refusal(value) is None:
+            metrics[key] = value
     metrics["clientapp_peak_rss_mb"] = peak_rss_mb()
     return metrics
 
