@@ -16,5 +16,10 @@ fi
 # The unit tier under coverage (settings in pyproject.toml; its total is printed), then
 # the other tiers without: their code runs in the servers and devices they start, which
 # coverage does not follow, so there it would cost time and measure nothing.
-.venv/bin/pytest -ra -m "not integration and not docker and not fleet" --cov --cov-report=term
-exec .venv/bin/pytest -ra -m "integration or docker or fleet"
+# Both tiers always run (a unit failure must not hide the others' results); the exit
+# code is the first non-zero one.
+status=0
+.venv/bin/pytest -ra -m "not integration and not docker and not fleet" --cov \
+    --cov-report=term || status=$?
+.venv/bin/pytest -ra -m "integration or docker or fleet" || { rc=$?; [ "$status" -ne 0 ] || status=$rc; }
+exit "$status"
