@@ -38,7 +38,8 @@ def test_image_and_compose_set_no_limit() -> None:
     compose = (ROOT / "compose.yaml").read_text()
     # Execute
     in_image = [n for n in limits if re.search(rf"{n}=", dockerfile)]
-    in_compose = [n for n in limits if re.search(rf"\$\{{{n}:-", compose)]
+    in_compose = [n for n in limits  # ${N:-v}, N: v or N=v; a bare "N:" passes it on
+                  if re.search(rf"\$\{{{n}:-|\b{n}(?::[ \t]*[^\s#]|=)", compose)]
     # Assert
     assert in_image == []
     assert in_compose == []
