@@ -17,7 +17,7 @@ from flwr.app import ArrayRecord, Message, MetricRecord, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
 from fedfleet.server.results.plots import plot_files, write_plots
-from fedfleet.server.results.report import round_columns
+from fedfleet.server.results.report import render_report, round_columns, write_report
 from fedfleet.server.results.run_files import RunFiles
 from fedfleet.server.results.tensorboard import round_scalars
 from fedfleet.server.run.intake import Intake, IntakeLimits
@@ -126,6 +126,9 @@ def test_a_new_catalog_metric_reaches_every_reader(tmp_path: Path) -> None:
     assert "device/battery" not in round_scalars(dict(row))
     assert ("battery", "battery") in round_columns(WITH_BATTERY)
     assert round_columns(WITH_BATTERY)[-1] == ("checkpoint", "checkpoint")
+    page = write_report(files.directory, recorder.record, plots, catalog=WITH_BATTERY)
+    assert "<th>battery</th>" in page.read_text()
+    assert "battery" not in render_report(files.directory, recorder.record)
 
 
 def test_the_default_catalog_does_not_know_the_new_metric() -> None:

@@ -67,7 +67,6 @@ def round_columns(catalog: Catalog = CATALOG) -> list[tuple[str, str]]:
             ("checkpoint", "checkpoint")]
 
 
-_ROUND_COLUMNS = round_columns()
 
 
 def _e(value: object) -> str:
@@ -126,9 +125,9 @@ def _summary(record: RecordView) -> str:
     return _table([], [(k, v) for k, v in items if v], text_columns=(0, 1))
 
 
-def _round_cells(row: Mapping[str, Any]) -> list[str]:
+def _round_cells(row: Mapping[str, Any], columns: Sequence[tuple[str, str]]) -> list[str]:
     derived = {"rejected": rejected(row), "failed": failures(row), "timeouts": timeouts(row)}
-    return [_fmt(key, derived.get(key, row.get(key))) for key, _ in _ROUND_COLUMNS]
+    return [_fmt(key, derived.get(key, row.get(key))) for key, _ in columns]
 
 
 def _errors(record: RecordView) -> str:
@@ -180,9 +179,10 @@ def _models(run_dir: Path, record: RecordView) -> str:
 
 
 def render_report(run_dir: Path, record: RecordView | Mapping[str, Any],
-                  plots: Sequence[Path] = ()) -> str:
+                  plots: Sequence[Path] = (), catalog: Catalog = CATALOG) -> str:
     """Return the report page of ``record``; ``plots`` are files under ``run_dir``."""
     run = as_record(record)
+    columns = round_columns(catalog)
     title = f"fedfleet run {run.run_id or run_dir.name}"
     images = "".join(
         f'<a href="{_e(p.relative_to(run_dir).as_posix())}"><img alt="{_e(p.stem)}" '
@@ -190,9 +190,9 @@ def render_report(run_dir: Path, record: RecordView | Mapping[str, Any],
     settings = _table(["setting", "value"],
                       [(_e(k), _e(v)) for k, v in sorted(run.settings.items())],
                       text_columns=(0, 1))
-    rounds = _table([label for _, label in _ROUND_COLUMNS],
-                    [_round_cells(row) for row in run.rounds],
-                    text_columns=(len(_ROUND_COLUMNS) - 1,))
+    rounds = _table([label for _, label in columns],
+                    [_round_cells(row, columns) for row in run.rounds],
+                    text_columns=(len(columns) - 1,))
     return (f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             f"<title>{_e(title)}</title><style>{_CSS}</style></head><body>"
             f"<h1>{_e(title)}</h1>{_summary(run)}"
@@ -206,7 +206,7 @@ def render_report(run_dir: Path, record: RecordView | Mapping[str, Any],
 
 
 def write_report(run_dir: Path, record: RecordView | Mapping[str, Any],
-                 plots: Sequence[Path] | None = None) -> Path:
+                 plots: Sequence[Path] | None = None, catalog: Catalog = CATALOG) -> Path:
     """Write ``run_dir/report.html`` atomically and return its path.
 
     ``plots`` defaults to the plot files already in ``run_dir/plots``.
@@ -215,5 +215,5 @@ def write_report(run_dir: Path, record: RecordView | Mapping[str, Any],
         plots = [run_dir / PLOTS_DIR / name for name in PLOT_FILES.values()
                  if (run_dir / PLOTS_DIR / name).exists()]
     path = run_dir / REPORT_FILE
-    write_atomic(path, render_report(run_dir, record, plots))
+    write_atomic(path, render_report(run_dir, record, plots, catalog))
     return path
