@@ -6,7 +6,6 @@ process and once through a warm trainer on a socket, as a device runs them.
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,7 +16,7 @@ import pytest
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
-from fedfleet.client import client_app, worker
+from fedfleet.client import client_app
 from fedfleet.shared.metrics import CATALOG, Phase
 from fedfleet.shared.settings import RunSettings
 from fedfleet.shared.version import __version__
@@ -46,18 +45,6 @@ def weights() -> list[np.ndarray]:
     model = build_model("cnn", SETTINGS.shape, SETTINGS.num_classes,
                         SETTINGS.learning_rate, SETTINGS.optimizer, SETTINGS.momentum)
     return [np.asarray(w) for w in model.get_weights()]
-
-
-@pytest.fixture
-def served(tmp_path: Path) -> Path:
-    """Serve a warm trainer on a socket in a background thread."""
-    path = tmp_path / "trainer.sock"
-    threading.Thread(target=worker.serve, args=(path,), daemon=True).start()
-    for _ in range(200):
-        if path.exists():
-            break
-        time.sleep(0.05)
-    return path
 
 
 def _sent(phase: Phase, weights: list[np.ndarray], **node: Any) -> dict[str, Any]:
